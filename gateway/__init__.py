@@ -1,0 +1,3 @@
+"""Switchboard: an OpenAI-compatible inference gateway."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,1 @@
+"""Thin HTTP routes: validate, fetch collaborators from the app state, return JSON or a stream."""

@@ -1,0 +1,126 @@
+"""The application factory. All state lives on the app (built in the lifespan), none in modules."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from gateway import __version__
+from gateway.api import chat, health, models
+from gateway.api.deps import GatewayState
+from gateway.config import PACKAGED_PREFIX, GatewayConfig, VLLMModel
+from gateway.engines import Engine, build_engine
+from gateway.errors import GatewayError
+from gateway.middleware import BodySizeLimit
+from gateway.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+def create_app(
+    config: GatewayConfig,
+    settings: Settings | None = None,
+    *,
+    engines: dict[str, Engine] | None = None,
+) -> FastAPI:
+    """Build the gateway. ``engines`` replaces the ones the config would build (tests)."""
+    settings = settings or Settings()
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        built = engines if engines is not None else await build_engines(config, settings)
+        await start_engines(built)
+        app.state.gateway = GatewayState(config=config, settings=settings, engines=built)
+        try:
+            yield
+        finally:
+            await asyncio.gather(*(e.stop() for e in built.values()), return_exceptions=True)
+
+    app = FastAPI(
+        title="Switchboard",
+        version=__version__,
+        summary="OpenAI-compatible inference gateway",
+        lifespan=lifespan,
+    )
+    app.add_middleware(BodySizeLimit, max_bytes=config.limits.max_body_bytes)
+    install_error_handlers(app)
+    for module in (chat, models, health):
+        app.include_router(module.router)
+    return app
+
+
+async def build_engines(config: GatewayConfig, settings: Settings) -> dict[str, Engine]:
+    await asyncio.to_thread(prepare_packaged_models, config, settings)
+    return {
+        name: build_engine(name, spec, settings, config.base_dir)
+        for name, spec in config.models.items()
+    }
+
+
+def prepare_packaged_models(config: GatewayConfig, settings: Settings) -> None:
+    """Convert packaged models that are not prepared yet (a one-time step per machine)."""
+    from gateway.packaged import is_prepared, prepare_model
+
+    for spec in config.models.values():
+        if (
+            isinstance(spec, VLLMModel)
+            and spec.launch
+            and spec.launch.model.startswith(PACKAGED_PREFIX)
+        ):
+            name = spec.launch.model.removeprefix(PACKAGED_PREFIX)
+            if not is_prepared(settings.models_dir, name):
+                prepare_model(settings.models_dir, name)
+
+
+async def start_engines(engines: dict[str, Engine]) -> None:
+    """Start every engine at once; if one fails, stop the others and raise its error."""
+    results = await asyncio.gather(*(e.start() for e in engines.values()), return_exceptions=True)
+    failures = [r for r in results if isinstance(r, BaseException)]
+    if failures:
+        await asyncio.gather(*(e.stop() for e in engines.values()), return_exceptions=True)
+        raise failures[0]
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    """The one place errors become OpenAI's error JSON."""
+
+    @app.exception_handler(GatewayError)
+    async def _gateway_error(_: Request, exc: GatewayError) -> JSONResponse:
+        return JSONResponse(exc.to_dict(), status_code=exc.status_code, headers=exc.headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
+        first: dict[str, Any] = exc.errors()[0] if exc.errors() else {}
+        param = ".".join(str(p) for p in first.get("loc", ())[1:]) or None
+        body = {
+            "message": f"Invalid request: {first.get('msg', 'bad input')}",
+            "type": "invalid_request_error",
+            "param": param,
+            "code": None,
+        }
+        return JSONResponse({"error": body}, status_code=400)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        kind = "invalid_request_error" if exc.status_code < 500 else "server_error"
+        body = {"message": str(exc.detail), "type": kind, "param": None, "code": None}
+        return JSONResponse({"error": body}, status_code=exc.status_code, headers=exc.headers)
+
+    @app.exception_handler(Exception)
+    async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
+        log.exception("unhandled error", exc_info=exc)
+        body = {
+            "message": "The gateway hit an internal error; it has been logged.",
+            "type": "server_error",
+            "param": None,
+            "code": None,
+        }
+        return JSONResponse({"error": body}, status_code=500)

@@ -1,0 +1,132 @@
+"""The ``gateway`` command."""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, TypeVar
+
+import typer
+from rich.console import Console
+
+from gateway.config import GatewayConfig, load_config
+from gateway.errors import ConfigError
+from gateway.settings import Settings
+
+app = typer.Typer(
+    help="Switchboard: an OpenAI-compatible inference gateway.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+models_app = typer.Typer(help="Prepare and list models.", no_args_is_help=True)
+config_app = typer.Typer(help="Check configuration files.", no_args_is_help=True)
+app.add_typer(models_app, name="models")
+app.add_typer(config_app, name="config")
+
+T = TypeVar("T")
+
+err = Console(stderr=True)
+out = Console()
+
+ConfigOption = Annotated[
+    Path | None,
+    typer.Option("--config", "-c", help="gateway.yaml to use; default: the embedded default."),
+]
+
+
+def _load(path: Path | None) -> GatewayConfig:
+    try:
+        return load_config(path)
+    except ConfigError as exc:
+        err.print(f"[red]error:[/red] {exc}", highlight=False, markup=True)
+        raise typer.Exit(2) from None
+
+
+@app.command()
+def serve(
+    config: ConfigOption = None,
+    host: Annotated[str | None, typer.Option(help="Address to bind; default from config.")] = None,
+    port: Annotated[int | None, typer.Option(help="Port to bind; default from config.")] = None,
+) -> None:
+    """Start the gateway (and the vLLM engines it launches)."""
+    import uvicorn
+
+    from gateway.app import create_app, prepare_packaged_models
+
+    settings = Settings()
+    cfg = _load(config or settings.config)
+    bind_host = host or settings.host or cfg.server.host
+    bind_port = port or settings.port or cfg.server.port
+    logging.basicConfig(
+        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    if not _is_loopback(bind_host):
+        err.print(
+            f"[yellow]warning:[/yellow] binding to {bind_host}: the gateway is reachable from "
+            "other machines and has no API keys configured."
+        )
+    _prepare_or_exit(lambda: prepare_packaged_models(cfg, settings))
+    uvicorn.run(
+        create_app(cfg, settings),
+        host=bind_host,
+        port=bind_port,
+        log_level=settings.log_level,
+        timeout_graceful_shutdown=30,
+    )
+
+
+@models_app.command("prepare")
+def models_prepare(
+    name: Annotated[str, typer.Argument(help="Packaged model to prepare.")] = (
+        "smollm2-135m-instruct"
+    ),
+    force: Annotated[bool, typer.Option(help="Convert again even if prepared.")] = False,
+) -> None:
+    """Convert a packaged model into a safetensors folder under $GATEWAY_HOME/models."""
+    from gateway.packaged import prepare_model
+
+    settings = Settings()
+    folder = _prepare_or_exit(
+        lambda: prepare_model(settings.models_dir, name, force=force, console=out)
+    )
+    out.print(f"prepared: {folder}")
+
+
+@models_app.command("list")
+def models_list(config: ConfigOption = None) -> None:
+    """List the models a config serves."""
+    cfg = _load(config or Settings().config)
+    for name, spec in cfg.models.items():
+        out.print(f"{name}\t{spec.engine}")
+
+
+@config_app.command("check")
+def config_check(file: Annotated[Path, typer.Argument(help="The gateway.yaml to check.")]) -> None:
+    """Validate a config file (schema and references) without starting anything."""
+    cfg = _load(file)
+    out.print(f"{file}: OK ({len(cfg.models)} models: {', '.join(cfg.models)})")
+
+
+def _prepare_or_exit(step: Callable[[], T]) -> T:
+    from gateway.packaged import PreparationError
+
+    try:
+        return step()
+    except PreparationError as exc:
+        err.print(f"[red]error:[/red] {exc}", highlight=False)
+        raise typer.Exit(1) from None
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def main() -> None:
+    app()

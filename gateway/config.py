@@ -1,0 +1,239 @@
+"""``gateway.yaml``: the schema and its two-phase loader.
+
+Phase 1 parses YAML and validates shapes with pydantic. Phase 2 resolves references against the
+machine (packaged models exist, local model folders exist, key variables are set). Either phase
+fails with a ``ConfigError`` whose lines name the file, the key and the fix.
+
+Sections grow with the product: ``models`` now; adapters, pipelines and routes join them as
+siblings, each a mapping from a name to its spec.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from importlib import resources
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from gateway.errors import ConfigError
+
+PACKAGED_PREFIX = "packaged:"
+MODEL_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/-]{0,127}$")
+DEFAULT_CONFIG_NAME = "embedded default (gateway/defaults/gateway.yaml)"
+
+
+class _Spec(BaseModel):
+    # Unknown keys are errors: a typo must not silently fall back to a default.
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class LaunchSpec(_Spec):
+    """A vLLM server the gateway starts and supervises as a child process on loopback."""
+
+    model: str = Field(description="'packaged:NAME', a local folder, or a model hub id")
+    args: list[str] = Field(default_factory=list, description="extra vLLM command-line flags")
+    env: dict[str, str] = Field(default_factory=dict)
+    startup_timeout_s: float = Field(default=600.0, gt=0)
+    restart_backoff_max_s: float = Field(default=60.0, gt=0)
+
+    @field_validator("args")
+    @classmethod
+    def _no_host_or_port(cls, args: list[str]) -> list[str]:
+        # The supervisor owns the address: vLLM must listen on loopback only.
+        for flag in ("--host", "--port", "--served-model-name", "--model"):
+            if any(a == flag or a.startswith(flag + "=") for a in args):
+                raise ValueError(f"'{flag}' is set by the gateway; remove it from args")
+        return args
+
+
+class VLLMModel(_Spec):
+    """A model served by vLLM: launched by the gateway, or at existing URLs."""
+
+    engine: Literal["vllm"]
+    launch: LaunchSpec | None = None
+    urls: list[str] | None = Field(default=None, min_length=1)
+    upstream_model: str | None = Field(
+        default=None, description="the name the upstream serves; default: the model id"
+    )
+    api_key_env: str | None = None
+    timeout_s: float = Field(default=600.0, gt=0)
+
+    @model_validator(mode="after")
+    def _launch_xor_urls(self) -> VLLMModel:
+        if (self.launch is None) == (self.urls is None):
+            raise ValueError("set exactly one of 'launch' (start vLLM) or 'urls' (existing vLLM)")
+        return self
+
+    @field_validator("urls")
+    @classmethod
+    def _http_urls(cls, urls: list[str] | None) -> list[str] | None:
+        for url in urls or []:
+            if not url.startswith(("http://", "https://")):
+                raise ValueError(f"'{url}' is not an http(s) URL")
+        return [u.rstrip("/") for u in urls] if urls else urls
+
+
+class LiteLLMModel(_Spec):
+    """A hosted model reached through LiteLLM."""
+
+    engine: Literal["litellm"]
+    model: str = Field(description="a LiteLLM model string, e.g. 'openai/gpt-4o-mini'")
+    api_base: str | None = None
+    api_key_env: str | None = None
+    timeout_s: float = Field(default=600.0, gt=0)
+
+
+ModelSpec = Annotated[VLLMModel | LiteLLMModel, Field(discriminator="engine")]
+
+
+class ServerSpec(_Spec):
+    host: str = "127.0.0.1"
+    port: int = Field(default=8080, ge=1, le=65535)
+
+
+class LimitsSpec(_Spec):
+    """Bounds on what one request may ask for; over them is a 400 (or 413 for the body)."""
+
+    max_body_bytes: int = Field(default=1_048_576, gt=0)
+    max_n: int = Field(default=8, ge=1)
+    max_tokens: int = Field(default=4096, ge=1)
+
+
+class GatewayConfig(_Spec):
+    server: ServerSpec = Field(default_factory=ServerSpec)
+    limits: LimitsSpec = Field(default_factory=LimitsSpec)
+    models: dict[str, ModelSpec] = Field(min_length=1)
+    # The folder relative paths in the file are taken from (None: the embedded default).
+    _base_dir: Path | None = PrivateAttr(default=None)
+
+    @property
+    def base_dir(self) -> Path | None:
+        return self._base_dir
+
+    @field_validator("models")
+    @classmethod
+    def _model_ids(cls, models: dict[str, Any]) -> dict[str, Any]:
+        for name in models:
+            if not MODEL_ID.match(name):
+                raise ValueError(
+                    f"model id '{name}' must match {MODEL_ID.pattern} (letters, digits, . _ : / -)"
+                )
+        return models
+
+
+# ---------------------------------------------------------------------------------------------
+# Loading
+
+
+def load_config(path: Path | None, *, resolve: bool = True) -> GatewayConfig:
+    """Read ``path`` (or the embedded default when None) and validate it in both phases."""
+    if path is None:
+        source = DEFAULT_CONFIG_NAME
+        text = resources.files("gateway").joinpath("defaults/gateway.yaml").read_text("utf-8")
+    else:
+        source = str(path)
+        try:
+            text = path.read_text("utf-8")
+        except FileNotFoundError:
+            raise ConfigError(
+                source, ["file not found; pass an existing file to --config"]
+            ) from None
+        except OSError as exc:
+            raise ConfigError(source, [f"cannot read the file: {exc.strerror}"]) from None
+    config = parse_config(text, source)
+    config._base_dir = path.parent.resolve() if path else None
+    if resolve:
+        resolve_config(config, source, config_dir=path.parent if path else None)
+    return config
+
+
+def parse_config(text: str, source: str) -> GatewayConfig:
+    """Phase 1: YAML syntax and the schema."""
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise ConfigError(source, [f"{where}YAML syntax error: {problem}"]) from None
+    if not isinstance(data, Mapping):
+        raise ConfigError(source, ["the top level must be a mapping with a 'models' key"])
+    try:
+        return GatewayConfig.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(source, [_describe(err) for err in exc.errors()]) from None
+
+
+def _describe(err: Mapping[str, Any]) -> str:
+    """One pydantic error as 'key.path: problem. Fix: ...'."""
+    loc = ".".join(str(part) for part in err["loc"] if part not in ("vllm", "litellm"))
+    kind = err["type"]
+    key = loc or "(top level)"
+    if kind == "extra_forbidden":
+        return f"{key}: unknown key. Fix: remove it or check its spelling."
+    if kind == "missing":
+        return f"{key}: required key is missing. Fix: add it."
+    if kind == "union_tag_invalid":
+        engine = err["input"].get("engine")
+        return f"{key}.engine: '{engine}' is not an engine. Fix: use 'vllm' or 'litellm'."
+    if kind == "union_tag_not_found":
+        return f"{key}: no 'engine' key. Fix: add 'engine: vllm' or 'engine: litellm'."
+    message = str(err["msg"]).removeprefix("Value error, ")
+    return f"{key}: {message}."
+
+
+def resolve_config(config: GatewayConfig, source: str, *, config_dir: Path | None) -> None:
+    """Phase 2: check every reference the config makes against this machine."""
+    from gateway.packaged import PACKAGED_MODELS
+
+    problems: list[str] = []
+    for name, spec in config.models.items():
+        key = f"models.{name}"
+        if spec.api_key_env and spec.api_key_env not in os.environ:
+            problems.append(
+                f"{key}.api_key_env: environment variable {spec.api_key_env} is not set. "
+                f"Fix: export {spec.api_key_env}=... before starting the gateway."
+            )
+        if isinstance(spec, VLLMModel) and spec.launch is not None:
+            target = spec.launch.model
+            if target.startswith(PACKAGED_PREFIX):
+                packaged = target.removeprefix(PACKAGED_PREFIX)
+                if packaged not in PACKAGED_MODELS:
+                    known = ", ".join(PACKAGED_PREFIX + k for k in PACKAGED_MODELS)
+                    problems.append(
+                        f"{key}.launch.model: unknown packaged model '{target}'. Fix: use {known}."
+                    )
+            elif _looks_like_path(target):
+                folder = model_path(target, config_dir)
+                if not folder.is_dir():
+                    problems.append(
+                        f"{key}.launch.model: folder {folder} does not exist. "
+                        "Fix: point it at a model folder, or use a model hub id."
+                    )
+    if problems:
+        raise ConfigError(source, problems)
+
+
+def _looks_like_path(target: str) -> bool:
+    return target.startswith(("/", "./", "../", "~"))
+
+
+def model_path(target: str, config_dir: Path | None) -> Path:
+    """A launch target that is a path, relative paths taken from the config file's folder."""
+    path = Path(target).expanduser()
+    if not path.is_absolute() and config_dir is not None:
+        path = config_dir / path
+    return path

@@ -1,0 +1,197 @@
+"""The vLLM engine: an HTTP client for vLLM's OpenAI server, launched by us or at given URLs.
+
+One pooled ``httpx.AsyncClient`` per engine, so requests reuse keep-alive connections. Streams
+are passed through as the bytes vLLM sends; nothing is re-parsed on the way.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+from collections.abc import AsyncIterator, Sequence
+from typing import Any
+
+import httpx
+import orjson
+
+from gateway.engines.base import EngineHealth
+from gateway.engines.supervisor import VLLMSupervisor
+from gateway.errors import (
+    EngineError,
+    EngineTimeoutError,
+    EngineUnavailableError,
+    GatewayError,
+    RateLimitError,
+    UpstreamRejectedError,
+)
+
+_JSON = {"content-type": "application/json"}
+
+
+class VLLMEngine:
+    def __init__(
+        self,
+        *,
+        model_id: str,
+        upstream_model: str,
+        urls: Sequence[str] = (),
+        supervisor: VLLMSupervisor | None = None,
+        api_key: str | None = None,
+        timeout_s: float = 600.0,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
+        if bool(urls) == (supervisor is not None):
+            raise ValueError("a vLLM engine needs either urls or a supervisor")
+        self.model_id = model_id
+        self.upstream_model = upstream_model
+        self.supervisor = supervisor
+        self._urls = list(urls)
+        self._next_url = itertools.cycle(self._urls)
+        self._headers = dict(_JSON)
+        if api_key:
+            self._headers["authorization"] = f"Bearer {api_key}"
+        self._timeout_s = timeout_s
+        self._client: httpx.AsyncClient | None = None
+        self._transport = transport  # a test seam for fault injection
+
+    # -- lifecycle ------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        self._client = httpx.AsyncClient(
+            # The per-read timeout bounds a stalled stream; the total deadline is set per call.
+            timeout=httpx.Timeout(self._timeout_s, connect=5.0),
+            limits=httpx.Limits(max_connections=1000, max_keepalive_connections=200),
+            transport=self._transport,
+        )
+        if self.supervisor is not None:
+            await self.supervisor.start()
+
+    async def stop(self) -> None:
+        if self.supervisor is not None:
+            await self.supervisor.stop()
+        if self._client is not None:
+            await self._client.aclose()
+            self._client = None
+
+    async def health(self) -> EngineHealth:
+        if self.supervisor is not None and self.supervisor.state != "ready":
+            return EngineHealth(False, self.supervisor.state, self.supervisor.detail)
+        urls = [self.supervisor.url] if self.supervisor is not None else self._urls
+        client = self._require_client()
+        down: list[str] = []
+        for url in urls:
+            try:
+                resp = await client.get(f"{url}/health", timeout=2.0)
+                if resp.status_code != 200:
+                    down.append(f"{url}: HTTP {resp.status_code}")
+            except httpx.HTTPError as exc:
+                down.append(f"{url}: {type(exc).__name__}")
+        if down:
+            return EngineHealth(False, "failed", "; ".join(down))
+        return EngineHealth(True, "ready")
+
+    # -- requests -------------------------------------------------------------------------------
+
+    async def chat(self, body: dict[str, Any]) -> dict[str, Any]:
+        client = self._require_client()
+        url = f"{self._base_url()}/v1/chat/completions"
+        try:
+            async with asyncio.timeout(self._timeout_s):
+                resp = await client.post(url, content=orjson.dumps(body), headers=self._headers)
+        except TimeoutError:
+            raise self._timeout() from None
+        except httpx.HTTPError as exc:
+            raise self._transport_error(exc) from None
+        if resp.status_code != 200:
+            raise upstream_error(self.model_id, resp.status_code, resp.content, resp.headers)
+        result: dict[str, Any] = orjson.loads(resp.content)
+        return result
+
+    async def chat_stream(self, body: dict[str, Any]) -> AsyncIterator[bytes]:
+        client = self._require_client()
+        url = f"{self._base_url()}/v1/chat/completions"
+        request = client.build_request(
+            "POST", url, content=orjson.dumps(body), headers=self._headers
+        )
+        try:
+            resp = await client.send(request, stream=True)
+        except httpx.HTTPError as exc:
+            raise self._transport_error(exc) from None
+        # Closing the response (also when the client goes away and this generator is closed)
+        # closes the upstream connection, which makes vLLM abort the request.
+        try:
+            if resp.status_code != 200:
+                await resp.aread()
+                raise upstream_error(self.model_id, resp.status_code, resp.content, resp.headers)
+            try:
+                async for chunk in resp.aiter_raw():
+                    yield chunk
+            except httpx.HTTPError as exc:
+                raise self._transport_error(exc) from None
+        finally:
+            await resp.aclose()
+
+    # -- helpers --------------------------------------------------------------------------------
+
+    def _require_client(self) -> httpx.AsyncClient:
+        if self._client is None:
+            raise EngineUnavailableError(f"the engine for '{self.model_id}' is not started")
+        return self._client
+
+    def _base_url(self) -> str:
+        if self.supervisor is None:
+            return next(self._next_url)
+        if self.supervisor.state != "ready":
+            raise EngineUnavailableError(
+                f"the engine for '{self.model_id}' is {self.supervisor.state}; retry shortly"
+            )
+        return self.supervisor.url
+
+    def _timeout(self) -> EngineTimeoutError:
+        return EngineTimeoutError(
+            f"the engine for '{self.model_id}' did not answer within {self._timeout_s:g} s"
+        )
+
+    def _transport_error(self, exc: httpx.HTTPError) -> GatewayError:
+        if isinstance(exc, httpx.TimeoutException):
+            return self._timeout()
+        return EngineUnavailableError(
+            f"the engine for '{self.model_id}' is unreachable ({type(exc).__name__})"
+        )
+
+
+def upstream_error(
+    model_id: str, status: int, content: bytes, headers: httpx.Headers
+) -> GatewayError:
+    """Map a non-200 answer from an OpenAI-compatible upstream to the gateway's error tree."""
+    message = _upstream_message(content) or f"HTTP {status}"
+    if status in (400, 422):
+        return UpstreamRejectedError(message)
+    if status == 429:
+        retry = headers.get("retry-after")
+        return RateLimitError(
+            f"the engine for '{model_id}' is rate limited: {message}",
+            headers={"Retry-After": retry} if retry else None,
+        )
+    if status == 503:
+        return EngineUnavailableError(f"the engine for '{model_id}' is unavailable: {message}")
+    if status == 504:
+        return EngineTimeoutError(f"the engine for '{model_id}' timed out: {message}")
+    if status == 404:
+        return EngineError(f"the engine for '{model_id}' does not serve it: {message}")
+    return EngineError(f"the engine for '{model_id}' failed with HTTP {status}: {message}")
+
+
+def _upstream_message(content: bytes) -> str | None:
+    """The message of an OpenAI-shaped error body (vLLM uses both the nested and flat forms)."""
+    try:
+        data = orjson.loads(content)
+    except orjson.JSONDecodeError:
+        return content[:500].decode("utf-8", "replace").strip() or None
+    if isinstance(data, dict):
+        error = data.get("error", data)
+        if isinstance(error, dict) and isinstance(error.get("message"), str):
+            return str(error["message"])
+        if isinstance(error, str):
+            return error
+    return None

@@ -1,0 +1,43 @@
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+
+import httpx
+import openai
+import pytest
+
+from gateway.app import create_app
+from gateway.config import parse_config
+from gateway.engines.base import Engine
+from gateway.settings import Settings
+from tests.fakes import FakeEngine
+
+CONFIG = """
+limits: {max_body_bytes: 4096, max_n: 4, max_tokens: 256}
+models:
+  fake: {engine: vllm, urls: ["http://127.0.0.1:9"]}
+"""
+
+AppFactory = Callable[..., AbstractAsyncContextManager[tuple[openai.AsyncOpenAI, httpx.AsyncClient]]]
+
+
+@pytest.fixture
+def gateway(tmp_path: object) -> AppFactory:
+    """Build the app around given engines; yield an openai client and a raw httpx client."""
+
+    @asynccontextmanager
+    async def make(
+        engines: dict[str, Engine] | None = None, config: str = CONFIG
+    ) -> AsyncIterator[tuple[openai.AsyncOpenAI, httpx.AsyncClient]]:
+        engines = engines if engines is not None else {"fake": FakeEngine()}
+        app = create_app(parse_config(config, "test.yaml"), Settings(), engines=engines)
+        async with app.router.lifespan_context(app):
+            transport = httpx.ASGITransport(app=app)
+            async with httpx.AsyncClient(transport=transport, base_url="http://gw") as raw:
+                client = openai.AsyncOpenAI(
+                    base_url="http://gw/v1", api_key="unused", http_client=raw, max_retries=0
+                )
+                yield client, raw
+
+    return make

@@ -1,0 +1,96 @@
+"""The vLLM engine's mapping of upstream answers and transport faults (fault injection)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import httpx
+import pytest
+
+from gateway.engines.vllm import VLLMEngine
+from gateway.errors import (
+    EngineError,
+    EngineTimeoutError,
+    EngineUnavailableError,
+    GatewayError,
+    RateLimitError,
+    UpstreamRejectedError,
+)
+
+BODY = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
+
+
+def engine_with(handler: Callable[[httpx.Request], httpx.Response]) -> VLLMEngine:
+    return VLLMEngine(
+        model_id="m",
+        upstream_model="m",
+        urls=["http://a:1", "http://b:2"],
+        transport=httpx.MockTransport(handler),
+        timeout_s=5,
+    )
+
+
+@pytest.mark.parametrize(
+    ("status", "body", "error", "message"),
+    [
+        (400, b'{"error": {"message": "too long", "type": "BadRequestError"}}',
+         UpstreamRejectedError, "too long"),
+        (400, b'{"object": "error", "message": "flat form", "code": 400}',
+         UpstreamRejectedError, "flat form"),
+        (422, b"not json", UpstreamRejectedError, "not json"),
+        (404, b'{"error": {"message": "model x missing"}}', EngineError, "does not serve"),
+        (429, b"{}", RateLimitError, "rate limited"),
+        (500, b"", EngineError, "HTTP 500"),
+        (503, b"{}", EngineUnavailableError, "unavailable"),
+        (504, b"{}", EngineTimeoutError, "timed out"),
+    ],
+)
+async def test_upstream_status_maps_to_error_tree(
+    status: int, body: bytes, error: type[GatewayError], message: str
+) -> None:
+    engine = engine_with(lambda _: httpx.Response(status, content=body))
+    await engine.start()
+    with pytest.raises(error) as info:
+        await engine.chat(dict(BODY))
+    assert message in info.value.message
+    with pytest.raises(error):
+        await anext(engine.chat_stream(dict(BODY)))
+    await engine.stop()
+
+
+async def test_connection_errors_are_503_and_urls_rotate() -> None:
+    seen: list[str] = []
+
+    def refuse(request: httpx.Request) -> httpx.Response:
+        seen.append(request.url.host)
+        raise httpx.ConnectError("refused", request=request)
+
+    engine = engine_with(refuse)
+    await engine.start()
+    for _ in range(2):
+        with pytest.raises(EngineUnavailableError) as info:
+            await engine.chat(dict(BODY))
+        assert info.value.headers["Retry-After"]
+    assert seen == ["a", "b"]
+    await engine.stop()
+
+
+async def test_stream_cut_midway_raises_engine_error_after_first_chunk() -> None:
+    class Cut(httpx.AsyncByteStream):
+        async def __aiter__(self):  # type: ignore[no-untyped-def]
+            yield b'data: {"choices": []}\n\n'
+            raise httpx.RemoteProtocolError("peer closed connection")
+
+    engine = engine_with(lambda _: httpx.Response(200, stream=Cut()))
+    await engine.start()
+    stream = engine.chat_stream(dict(BODY))
+    assert (await anext(stream)).startswith(b"data: ")
+    with pytest.raises(EngineError):
+        await anext(stream)
+    await engine.stop()
+
+
+async def test_not_started_engine_is_unavailable() -> None:
+    engine = engine_with(lambda _: httpx.Response(200, json={}))
+    with pytest.raises(EngineUnavailableError):
+        await engine.chat(dict(BODY))
