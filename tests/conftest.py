@@ -60,9 +60,11 @@ def gateway_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running
     env = {**os.environ, "GATEWAY_HOME": str(home), "GATEWAY_PORT": str(port)}
     with log_path.open("wb") as log:
         process = subprocess.Popen(
-            [sys.executable, "-m", "gateway", "serve"], stdout=log, stderr=subprocess.STDOUT,
+            [sys.executable, "-m", "gateway", "serve"],
+            stdout=log,
+            stderr=subprocess.STDOUT,
             env=env,
-        )  # fmt: skip
+        )
     url = f"http://127.0.0.1:{port}"
     try:
         _wait_ready(url, process, log_path)

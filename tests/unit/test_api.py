@@ -36,8 +36,11 @@ async def test_stream_relays_chunks_and_done(gateway: Any) -> None:
     async with gateway({"fake": engine}) as (client, raw):
         stream = await client.chat.completions.create(model="fake", messages=MESSAGES, stream=True)
         pieces = [c.choices[0].delta.content async for c in stream]
-        body = (await raw.post("/v1/chat/completions", json={
-            "model": "fake", "messages": MESSAGES, "stream": True})).text
+        body = (
+            await raw.post(
+                "/v1/chat/completions", json={"model": "fake", "messages": MESSAGES, "stream": True}
+            )
+        ).text
     assert pieces == ["one", "two", "three"]
     assert body.rstrip().endswith("data: [DONE]")
     assert engine.stream_closed
@@ -156,7 +159,9 @@ async def test_engine_errors_keep_their_status(gateway: Any) -> None:
     ]
     for error, status, code in cases:
         async with gateway({"fake": FakeEngine(fail_with=error)}) as (_, raw):
-            resp = await raw.post("/v1/chat/completions", json={"model": "fake", "messages": MESSAGES})
+            resp = await raw.post(
+                "/v1/chat/completions", json={"model": "fake", "messages": MESSAGES}
+            )
         assert resp.status_code == status
         assert resp.json()["error"]["code"] == code
         assert "Traceback" not in resp.text

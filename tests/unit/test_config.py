@@ -40,19 +40,27 @@ models:
 @pytest.mark.parametrize(
     ("text", "expected"),
     [
-        ("models: {m: {engine: vllm, urls: [http://h:1], tmeout_s: 3}}",
-         ["models.m.tmeout_s: unknown key", "Fix: remove it"]),
-        ("models: {m: {engine: vlm, urls: [http://h:1]}}",
-         ["models.m.engine: 'vlm' is not an engine", "'vllm' or 'litellm'"]),
+        (
+            "models: {m: {engine: vllm, urls: [http://h:1], tmeout_s: 3}}",
+            ["models.m.tmeout_s: unknown key", "Fix: remove it"],
+        ),
+        (
+            "models: {m: {engine: vlm, urls: [http://h:1]}}",
+            ["models.m.engine: 'vlm' is not an engine", "'vllm' or 'litellm'"],
+        ),
         ("models: {m: {urls: [http://h:1]}}", ["models.m: no 'engine' key"]),
         ("models: {m: {engine: vllm}}", ["models.m: set exactly one of 'launch'"]),
         ("models: {m: {engine: vllm, urls: [ftp://h]}}", ["models.m.urls: 'ftp://h' is not"]),
         ("models: {m: {engine: litellm}}", ["models.m.model: required key is missing"]),
         ("models: {}", ["models:"]),
-        ("server: {port: 99999}\nmodels: {m: {engine: vllm, urls: [http://h:1]}}",
-         ["server.port:"]),
-        ("models: {m: {engine: vllm, launch: {model: x, args: [--port, '9']}}}",
-         ["'--port' is set by the gateway"]),
+        (
+            "server: {port: 99999}\nmodels: {m: {engine: vllm, urls: [http://h:1]}}",
+            ["server.port:"],
+        ),
+        (
+            "models: {m: {engine: vllm, launch: {model: x, args: [--port, '9']}}}",
+            ["'--port' is set by the gateway"],
+        ),
         ("models: {'bad name': {engine: vllm, urls: [http://h:1]}}", ["model id 'bad name'"]),
         ("models: [1, 2]", ["models:"]),
         ("- just a list", ["the top level must be a mapping"]),

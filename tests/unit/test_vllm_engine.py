@@ -33,10 +33,18 @@ def engine_with(handler: Callable[[httpx.Request], httpx.Response]) -> VLLMEngin
 @pytest.mark.parametrize(
     ("status", "body", "error", "message"),
     [
-        (400, b'{"error": {"message": "too long", "type": "BadRequestError"}}',
-         UpstreamRejectedError, "too long"),
-        (400, b'{"object": "error", "message": "flat form", "code": 400}',
-         UpstreamRejectedError, "flat form"),
+        (
+            400,
+            b'{"error": {"message": "too long", "type": "BadRequestError"}}',
+            UpstreamRejectedError,
+            "too long",
+        ),
+        (
+            400,
+            b'{"object": "error", "message": "flat form", "code": 400}',
+            UpstreamRejectedError,
+            "flat form",
+        ),
         (422, b"not json", UpstreamRejectedError, "not json"),
         (404, b'{"error": {"message": "model x missing"}}', EngineError, "does not serve"),
         (429, b"{}", RateLimitError, "rate limited"),
