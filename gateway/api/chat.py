@@ -39,10 +39,9 @@ async def create_chat_completion(
     body = parse_json_object(await request.body())
     chat = validate_request(body)
     check_limits(chat, state.config.limits)
-    engine = state.engine_for(chat.model)
-    body["model"] = engine.upstream_model
+    target = state.target_for(chat.model)
     if chat.stream:
-        stream = engine.chat_stream(body)
+        stream = target.chat_stream(body)
         # Pull the first chunk before answering, so a failure before the first byte is still
         # an ordinary HTTP error with its status code, not a 200 stream with an error inside.
         try:
@@ -52,7 +51,7 @@ async def create_chat_completion(
         return StreamingResponse(
             relay(first, stream), media_type="text/event-stream", headers=_SSE_HEADERS
         )
-    result = await engine.chat(body)
+    result = await target.chat(body)
     return Response(orjson.dumps(result), media_type="application/json")
 
 

@@ -10,6 +10,7 @@ from gateway.config import GatewayConfig
 from gateway.engines.base import Engine
 from gateway.errors import ModelNotFoundError
 from gateway.settings import Settings
+from gateway.targets import Target, base_target
 
 
 @dataclass
@@ -18,11 +19,12 @@ class GatewayState:
     settings: Settings
     engines: dict[str, Engine]
 
-    def engine_for(self, model: str) -> Engine:
-        try:
-            return self.engines[model]
-        except KeyError:
-            raise ModelNotFoundError(model) from None
+    def target_for(self, name: str) -> Target:
+        """The target a client's ``model`` names: a base model (adapters join later)."""
+        engine = self.engines.get(name)
+        if engine is None:
+            raise ModelNotFoundError(name)
+        return base_target(name, engine)
 
 
 def get_state(request: Request) -> GatewayState:
