@@ -14,13 +14,18 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from gateway import __version__
-from gateway.api import chat, health, models
+from gateway.api import chat, experiments, feedback, health, metrics, models
 from gateway.api.deps import GatewayState
 from gateway.config import PACKAGED_PREFIX, GatewayConfig, VLLMModel
+from gateway.dispatch import Dispatcher
 from gateway.engines import Engine, build_engine
-from gateway.errors import GatewayError
+from gateway.errors import ConfigError, GatewayError
+from gateway.events import EventLog
+from gateway.metrics import Metrics
 from gateway.middleware import BodySizeLimit
+from gateway.routing import Router, check_routes
 from gateway.settings import Settings
+from gateway.stores import StoreError, open_store
 
 log = logging.getLogger(__name__)
 
@@ -38,11 +43,32 @@ def create_app(
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         built = engines if engines is not None else await build_engines(config, settings)
         await start_engines(built)
-        app.state.gateway = GatewayState(config=config, settings=settings, engines=built)
-        try:
+        async with contextlib.AsyncExitStack() as stack:
+            stack.push_async_callback(_stop_engines, built)
+            events = await open_event_log(config, settings)
+            stack.push_async_callback(events.stop)
+            state = GatewayState(
+                config=config,
+                settings=settings,
+                engines=built,
+                events=events,
+                router=Router(config, promotions=await _promotions(events)),
+                metrics=Metrics(events),
+            )
+            app.state.gateway = state
+            state.dispatcher = Dispatcher(
+                config=config,
+                router=state.router,
+                resolve_target=state.target_for,
+                events=events,
+                metrics=state.metrics,
+                runner=getattr(state, "runner", None),
+            )
+            stack.push_async_callback(state.dispatcher.drain_shadows)
+            problems = check_routes(config, state.target_names(), _pipeline_names(state))
+            if problems:
+                raise ConfigError("gateway.yaml", problems)
             yield
-        finally:
-            await asyncio.gather(*(e.stop() for e in built.values()), return_exceptions=True)
 
     app = FastAPI(
         title="Switchboard",
@@ -52,9 +78,42 @@ def create_app(
     )
     app.add_middleware(BodySizeLimit, max_bytes=config.limits.max_body_bytes)
     install_error_handlers(app)
-    for module in (chat, models, health):
+    for module in (chat, models, health, feedback, experiments, metrics):
         app.include_router(module.router)
     return app
+
+
+async def _stop_engines(engines: dict[str, Engine]) -> None:
+    await asyncio.gather(*(e.stop() for e in engines.values()), return_exceptions=True)
+
+
+async def open_event_log(config: GatewayConfig, settings: Settings) -> EventLog:
+    spec = config.events
+    store = await asyncio.to_thread(open_store, spec.url, settings.home / "events.db")
+    events = EventLog(
+        store,
+        settings.home / "spool",
+        durable=spec.durable,
+        batch_size=spec.batch_size,
+        flush_interval_s=spec.flush_interval_s,
+        max_queue=spec.max_queue,
+    )
+    await events.start()
+    return events
+
+
+async def _promotions(events: EventLog) -> dict[str, str]:
+    try:
+        return await asyncio.to_thread(events.store.overrides)
+    except StoreError as exc:
+        log.warning("promotions not loaded (%s); routes use their configured weights", exc)
+        return {}
+
+
+def _pipeline_names(state: GatewayState) -> set[str]:
+    runner = getattr(state, "runner", None)
+    names = getattr(runner, "names", None)
+    return set(names()) if callable(names) else {"plain"}
 
 
 async def build_engines(config: GatewayConfig, settings: Settings) -> dict[str, Engine]:

@@ -59,10 +59,24 @@ class LaunchSpec(_Spec):
         return args
 
 
+class PricingSpec(_Spec):
+    """Token prices for cost figures in events, reports and evaluations (any currency)."""
+
+    prompt_per_1m: float = Field(default=0.0, ge=0)
+    completion_per_1m: float = Field(default=0.0, ge=0)
+
+    def cost(self, prompt_tokens: int | None, completion_tokens: int | None) -> float:
+        return (
+            (prompt_tokens or 0) * self.prompt_per_1m
+            + (completion_tokens or 0) * self.completion_per_1m
+        ) / 1e6
+
+
 class VLLMModel(_Spec):
     """A model served by vLLM: launched by the gateway, or at existing URLs."""
 
     engine: Literal["vllm"]
+    pricing: PricingSpec = Field(default_factory=PricingSpec)
     launch: LaunchSpec | None = None
     urls: list[str] | None = Field(default=None, min_length=1)
     upstream_model: str | None = Field(
@@ -90,6 +104,7 @@ class LiteLLMModel(_Spec):
     """A hosted model reached through LiteLLM."""
 
     engine: Literal["litellm"]
+    pricing: PricingSpec = Field(default_factory=PricingSpec)
     model: str = Field(description="a LiteLLM model string, e.g. 'openai/gpt-4o-mini'")
     api_base: str | None = None
     api_key_env: str | None = None
@@ -112,10 +127,104 @@ class LimitsSpec(_Spec):
     max_tokens: int = Field(default=4096, ge=1)
 
 
+class SamplingSpec(_Spec):
+    """A variant's sampling settings; they override what the client sent."""
+
+    temperature: float | None = Field(default=None, ge=0, le=2)
+    top_p: float | None = Field(default=None, gt=0, le=1)
+    max_tokens: int | None = Field(default=None, ge=1)
+    seed: int | None = None
+    stop: list[str] | None = Field(default=None, max_length=4)
+    presence_penalty: float | None = Field(default=None, ge=-2, le=2)
+    frequency_penalty: float | None = Field(default=None, ge=-2, le=2)
+
+
+class VariantSpec(_Spec):
+    """A model or adapter, a pipeline and sampling settings, with a share of the traffic."""
+
+    target: str = Field(description="a model id or an adapter name")
+    pipeline: str = "plain"
+    weight: float = Field(
+        default=0.0, ge=0, description="relative share; 0: only pinned, shadow or fallback"
+    )
+    params: SamplingSpec = Field(default_factory=SamplingSpec)
+
+
+class ShadowSpec(_Spec):
+    variant: str
+    sample_rate: float = Field(gt=0, le=1)
+
+
+class MetricSpec(_Spec):
+    type: Literal["boolean", "float"]
+    higher_is_better: bool = True
+
+
+class ExperimentSpec(_Spec):
+    metrics: dict[str, MetricSpec] = Field(default_factory=dict)
+    min_samples: int = Field(default=100, ge=2, description="per variant, before a verdict")
+    alpha: float = Field(default=0.05, gt=0, lt=1)
+    control: str | None = Field(default=None, description="default: the first variant")
+
+
+STICKY_KEY = re.compile(r"^(user|none|header:[A-Za-z0-9-]+)$")
+
+
+class RouteSpec(_Spec):
+    """A public model name whose traffic is split between variants."""
+
+    variants: dict[str, VariantSpec] = Field(min_length=1)
+    sticky_key: str = Field(default="user", description="user | header:NAME | none")
+    salt: str | None = Field(default=None, description="hash salt; default: the route name")
+    allow_pin: bool = False
+    shadow: list[ShadowSpec] = Field(default_factory=list)
+    fallback: list[str] = Field(default_factory=list)
+    experiment: ExperimentSpec | None = None
+
+    @model_validator(mode="after")
+    def _references(self) -> RouteSpec:
+        if not STICKY_KEY.match(self.sticky_key):
+            raise ValueError(
+                f"sticky_key '{self.sticky_key}' must be 'user', 'none' or 'header:NAME'"
+            )
+        if sum(v.weight for v in self.variants.values()) <= 0:
+            raise ValueError("variants: at least one variant needs a weight above 0")
+        named = [s.variant for s in self.shadow] + list(self.fallback)
+        if self.experiment and self.experiment.control:
+            named.append(self.experiment.control)
+        for name in named:
+            if name not in self.variants:
+                known = ", ".join(self.variants)
+                raise ValueError(f"'{name}' is not a variant of this route; use one of {known}")
+        return self
+
+
+class EventsSpec(_Spec):
+    """The event log: SQLite in $GATEWAY_HOME by default, PostgreSQL by URL."""
+
+    url: str | None = Field(default=None, description="sqlite:///PATH or postgresql://...")
+    durable: bool = Field(default=False, description="commit each event before answering")
+    batch_size: int = Field(default=256, ge=1)
+    flush_interval_s: float = Field(default=0.2, gt=0)
+    max_queue: int = Field(default=100_000, ge=1)
+
+
 class GatewayConfig(_Spec):
     server: ServerSpec = Field(default_factory=ServerSpec)
     limits: LimitsSpec = Field(default_factory=LimitsSpec)
     models: dict[str, ModelSpec] = Field(min_length=1)
+    routes: dict[str, RouteSpec] = Field(default_factory=dict)
+    events: EventsSpec = Field(default_factory=EventsSpec)
+
+    @model_validator(mode="after")
+    def _route_names_are_free(self) -> GatewayConfig:
+        for name in self.routes:
+            if name in self.models:
+                raise ValueError(
+                    f"routes: '{name}' is also a model id; a public name means one thing"
+                )
+        return self
+
     # The folder relative paths in the file are taken from (None: the embedded default).
     _base_dir: Path | None = PrivateAttr(default=None)
 

@@ -122,3 +122,32 @@ class ErrorDetail(BaseModel):
 
 class ErrorResponse(BaseModel):
     error: ErrorDetail
+
+
+class FeedbackRequest(BaseModel):
+    """POST /v1/feedback: a metric value (or a comment) for one inference."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+    inference_id: str = Field(min_length=1, max_length=100)
+    name: str = Field(min_length=1, max_length=100)
+    value: bool | float | str
+
+    @property
+    def kind(self) -> Literal["boolean", "float", "comment"]:
+        if isinstance(self.value, bool):
+            return "boolean"
+        return "comment" if isinstance(self.value, str) else "float"
+
+
+class Feedback(BaseModel):
+    id: str
+    object: Literal["feedback"] = "feedback"
+    inference_id: str
+    name: str
+    value: bool | float | str
+    created: int
+
+
+class PromoteRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+    variant: str = Field(min_length=1)

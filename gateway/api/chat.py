@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import time
 from typing import Annotated, Any
 
 import orjson
@@ -10,12 +10,14 @@ from fastapi import APIRouter, Depends, Request, Response
 from fastapi.responses import StreamingResponse
 from pydantic import ValidationError
 
-from gateway.api.deps import GatewayState, get_state
+from gateway.api.deps import GatewayState, get_state, require_dispatcher
 from gateway.config import LimitsSpec
-from gateway.errors import EngineError, GatewayError, InvalidRequestError
+from gateway.errors import GatewayError, InvalidRequestError
 from gateway.protocol import ChatCompletionRequest, ErrorResponse
 
 router = APIRouter()
+
+INFERENCE_ID = "x-switchboard-inference-id"
 
 _SSE_HEADERS = {"cache-control": "no-cache", "x-accel-buffering": "no"}
 _ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
@@ -36,41 +38,28 @@ _ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
 async def create_chat_completion(
     request: Request, state: Annotated[GatewayState, Depends(get_state)]
 ) -> Response:
-    body = parse_json_object(await request.body())
-    chat = validate_request(body)
-    check_limits(chat, state.config.limits)
-    target = state.target_for(chat.model)
-    if chat.stream:
-        stream = target.chat_stream(body)
-        # Pull the first chunk before answering, so a failure before the first byte is still
-        # an ordinary HTTP error with its status code, not a 200 stream with an error inside.
-        try:
-            first = await anext(stream)
-        except StopAsyncIteration:
-            raise EngineError("the engine closed the stream without sending anything") from None
-        return StreamingResponse(
-            relay(first, stream), media_type="text/event-stream", headers=_SSE_HEADERS
-        )
-    result = await target.chat(body)
-    return Response(orjson.dumps(result), media_type="application/json")
-
-
-async def relay(first: bytes, stream: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
-    """Pass the engine's SSE bytes through; a failure midway ends with an error event.
-
-    The error event replaces ``data: [DONE]``, so a client can tell a cut stream from a
-    finished one.
-    """
+    started = time.perf_counter()
+    dispatcher = require_dispatcher(state)
+    model: str | None = None
     try:
-        yield first
-        async for chunk in stream:
-            yield chunk
+        body = parse_json_object(await request.body())
+        model = body.get("model") if isinstance(body.get("model"), str) else None
+        chat = validate_request(body)
+        check_limits(chat, state.config.limits)
+        if chat.stream:
+            # The dispatcher pulls the first chunk before we answer, so a failure before the
+            # first byte is still an HTTP error with its status, not a 200 with an error inside.
+            stream, headers = await dispatcher.stream(chat, body, request.headers)
+            return StreamingResponse(
+                stream, media_type="text/event-stream", headers={**_SSE_HEADERS, **headers}
+            )
+        result, headers = await dispatcher.complete(chat, body, request.headers)
     except GatewayError as exc:
-        yield b"data: " + orjson.dumps(exc.to_dict()) + b"\n\n"
-    finally:
-        # Closing the engine's stream closes the upstream connection (and so cancels the
-        # request in vLLM) when the client goes away.
-        await stream.aclose()  # type: ignore[attr-defined]
+        if INFERENCE_ID not in exc.headers:
+            # Refused before any variant ran: logged too, every request is.
+            exc.headers[INFERENCE_ID] = dispatcher.record_rejection(model, exc, started)
+        raise
+    return Response(orjson.dumps(result), media_type="application/json", headers=headers)
 
 
 def parse_json_object(raw: bytes) -> dict[str, Any]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from fastapi import Request
 
@@ -12,12 +13,27 @@ from gateway.errors import ModelNotFoundError
 from gateway.settings import Settings
 from gateway.targets import Target, base_target
 
+if TYPE_CHECKING:
+    from gateway.dispatch import Dispatcher
+    from gateway.events import EventLog
+    from gateway.metrics import Metrics
+    from gateway.routing import Router
+
 
 @dataclass
 class GatewayState:
     config: GatewayConfig
     settings: Settings
     engines: dict[str, Engine]
+    events: EventLog
+    router: Router
+    metrics: Metrics
+    # Set right after construction: the dispatcher resolves targets through this state.
+    dispatcher: Dispatcher | None = None
+
+    def target_names(self) -> set[str]:
+        """Every name a variant or a client may use as a target."""
+        return set(self.engines)
 
     def target_for(self, name: str) -> Target:
         """The target a client's ``model`` names: a base model (adapters join later)."""
@@ -25,6 +41,11 @@ class GatewayState:
         if engine is None:
             raise ModelNotFoundError(name)
         return base_target(name, engine)
+
+
+def require_dispatcher(state: GatewayState) -> Dispatcher:
+    assert state.dispatcher is not None, "the lifespan sets the dispatcher"
+    return state.dispatcher
 
 
 def get_state(request: Request) -> GatewayState:

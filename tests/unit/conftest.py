@@ -2,6 +2,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from pathlib import Path
 
 import httpx
 import openai
@@ -24,7 +25,7 @@ AppFactory = Callable[..., AbstractAsyncContextManager[Clients]]
 
 
 @pytest.fixture
-def gateway(tmp_path: object) -> AppFactory:
+def gateway(tmp_path: Path) -> AppFactory:
     """Build the app around given engines; yield an openai client and a raw httpx client."""
 
     @asynccontextmanager
@@ -32,7 +33,8 @@ def gateway(tmp_path: object) -> AppFactory:
         engines: dict[str, Engine] | None = None, config: str = CONFIG
     ) -> AsyncIterator[tuple[openai.AsyncOpenAI, httpx.AsyncClient]]:
         engines = engines if engines is not None else {"fake": FakeEngine()}
-        app = create_app(parse_config(config, "test.yaml"), Settings(), engines=engines)
+        settings = Settings(home=tmp_path / "home")
+        app = create_app(parse_config(config, "test.yaml"), settings, engines=engines)
         async with app.router.lifespan_context(app):
             transport = httpx.ASGITransport(app=app)
             async with httpx.AsyncClient(transport=transport, base_url="http://gw") as raw:

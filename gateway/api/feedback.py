@@ -1,0 +1,95 @@
+"""POST /v1/feedback: metric values joined to inferences by their id."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Request
+from fastapi.responses import JSONResponse
+
+from gateway.api.chat import invalid_from_validation, parse_json_object
+from gateway.api.deps import GatewayState, get_state
+from gateway.errors import InvalidRequestError, NotFoundError
+from gateway.protocol import ErrorResponse, Feedback, FeedbackRequest
+
+router = APIRouter()
+
+COMMENT = "comment"
+
+
+@router.post(
+    "/v1/feedback",
+    status_code=201,
+    response_model=Feedback,
+    responses={400: {"model": ErrorResponse}, 404: {"model": ErrorResponse}},
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {"application/json": {"schema": FeedbackRequest.model_json_schema()}},
+        }
+    },
+)
+async def create_feedback(
+    request: Request, state: Annotated[GatewayState, Depends(get_state)]
+) -> JSONResponse:
+    from pydantic import ValidationError
+
+    try:
+        feedback = FeedbackRequest.model_validate(parse_json_object(await request.body()))
+    except ValidationError as exc:
+        raise invalid_from_validation(exc) from None
+    event = await state.events.get_event(feedback.inference_id)
+    if event is None:
+        raise NotFoundError(
+            f"No inference with id '{feedback.inference_id}'. Use the id from the "
+            "x-switchboard-inference-id header or the response's switchboard object.",
+            param="inference_id",
+            code="inference_not_found",
+        )
+    value = _checked_value(state, event, feedback)
+    row: dict[str, Any] = {
+        "id": f"fb-{uuid.uuid4().hex}",
+        "inference_id": feedback.inference_id,
+        "name": feedback.name,
+        "kind": feedback.kind,
+        "ts": time.time(),
+        "value": value,
+        "text": feedback.value if feedback.kind == "comment" else None,
+    }
+    await state.events.add_feedback(row)
+    body = Feedback(
+        id=row["id"],
+        inference_id=feedback.inference_id,
+        name=feedback.name,
+        value=feedback.value,
+        created=int(row["ts"]),
+    )
+    return JSONResponse(body.model_dump(), status_code=201)
+
+
+def _checked_value(
+    state: GatewayState, event: dict[str, Any], feedback: FeedbackRequest
+) -> float | None:
+    """The numeric value to store, after checking the name and type against the route."""
+    if feedback.name == COMMENT:
+        if feedback.kind != "comment":
+            raise InvalidRequestError("'comment' feedback takes a string value.", param="value")
+        return None
+    route = state.config.routes.get(event.get("route") or "")
+    metrics = route.experiment.metrics if route and route.experiment else {}
+    metric = metrics.get(feedback.name)
+    if metric is None:
+        declared = ", ".join(metrics) or "none"
+        raise InvalidRequestError(
+            f"'{feedback.name}' is not a metric of route '{event.get('route')}' "
+            f"(declared: {declared}; 'comment' takes free text).",
+            param="name",
+        )
+    if metric.type != feedback.kind:
+        raise InvalidRequestError(
+            f"Metric '{feedback.name}' is {metric.type}; got a {feedback.kind} value.",
+            param="value",
+        )
+    return float(feedback.value)

@@ -1,0 +1,406 @@
+"""One request's way after validation: pick the variant, run it, fall back, shadow, log.
+
+The client's ``model`` is a route (variants with weights), or a model or adapter name (served
+directly, as a one-variant plan). Every attempt is one event in the event log, whether it
+succeeded, failed or was cancelled; shadow runs are events marked ``shadow``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import orjson
+
+from gateway.config import GatewayConfig, SamplingSpec
+from gateway.errors import EngineError, GatewayError, InvalidRequestError
+from gateway.events import EventLog
+from gateway.metrics import Metrics
+from gateway.protocol import ChatCompletionRequest
+from gateway.routing import Assignment, Router, Variant
+from gateway.targets import Target
+
+log = logging.getLogger(__name__)
+
+MAX_SHADOWS_IN_FLIGHT = 16
+_TAIL_BYTES = 4096
+
+
+class PipelineResultLike(Protocol):
+    response: dict[str, Any]
+    answer: str | None
+    votes: dict[str, int]
+    calls: int
+    usage: dict[str, int]
+
+
+class Runner(Protocol):
+    async def complete(
+        self, pipeline: str, target: Target, body: dict[str, Any], chat: ChatCompletionRequest
+    ) -> PipelineResultLike: ...
+
+    def stream(
+        self, pipeline: str, target: Target, body: dict[str, Any], chat: ChatCompletionRequest
+    ) -> AsyncIterator[bytes]: ...
+
+
+@dataclass
+class PlainResult:
+    """What a pass-through call yields when no pipeline runner is configured."""
+
+    response: dict[str, Any]
+    answer: str | None = None
+    votes: dict[str, int] = field(default_factory=dict)
+    calls: int = 1
+    usage: dict[str, int] = field(default_factory=dict)
+
+
+def new_inference_id() -> str:
+    return f"inf-{uuid.uuid4().hex}"
+
+
+class Dispatcher:
+    def __init__(
+        self,
+        *,
+        config: GatewayConfig,
+        router: Router,
+        resolve_target: Callable[[str], Target],
+        events: EventLog,
+        metrics: Metrics,
+        runner: Runner | None = None,
+    ) -> None:
+        self.config = config
+        self.router = router
+        self.resolve_target = resolve_target
+        self.events = events
+        self.metrics = metrics
+        self.runner = runner
+        self._shadows: set[asyncio.Task[None]] = set()
+
+    # -- planning -------------------------------------------------------------------------------
+
+    def plan(self, chat: ChatCompletionRequest, headers: Mapping[str, str]) -> Assignment:
+        route = self.router.get(chat.model)
+        requested = _requested_pipeline(chat)
+        if route is None:
+            self.resolve_target(chat.model)  # 404 for an unknown name, before anything runs
+            variant = Variant("", chat.model, requested or "plain", 1.0, SamplingSpec())
+            return Assignment("", variant, "direct")
+        if requested is not None:
+            raise InvalidRequestError(
+                f"'{chat.model}' is a route: its variants choose the pipeline.",
+                param="switchboard.pipeline",
+            )
+        return route.assign(user=chat.user, headers=headers)
+
+    def attempts(self, assignment: Assignment) -> list[Variant]:
+        route = self.router.get(assignment.route)
+        if route is None or assignment.reason == "pinned":
+            return [assignment.variant]
+        return [assignment.variant, *route.fallbacks(assignment.variant)]
+
+    # -- non-streaming --------------------------------------------------------------------------
+
+    async def complete(
+        self, chat: ChatCompletionRequest, body: dict[str, Any], headers: Mapping[str, str]
+    ) -> tuple[dict[str, Any], dict[str, str]]:
+        assignment = self.plan(chat, headers)
+        self._start_shadows(assignment, chat, body)
+        variants = self.attempts(assignment)
+        previous: str | None = None
+        for attempt, variant in enumerate(variants):
+            event = self._event(assignment, variant, attempt, previous, stream=False)
+            try:
+                result = await self._run(variant, chat, body)
+            except GatewayError as exc:
+                self._finish(event, error=exc)
+                if _retryable(exc) and attempt + 1 < len(variants):
+                    previous = variant.name
+                    log.warning("variant %s failed (%s); falling back", variant.name, exc.message)
+                    continue
+                exc.headers.update(_headers(event))
+                raise
+            except asyncio.CancelledError:
+                self._finish(event, cancelled=True)
+                raise
+            self._finish(event, result=result)
+            response = result.response
+            response["switchboard"] = {**response.get("switchboard", {}), **_extension(event)}
+            return response, _headers(event)
+        raise AssertionError("unreachable: the last attempt returns or raises")
+
+    # -- streaming ------------------------------------------------------------------------------
+
+    async def stream(
+        self, chat: ChatCompletionRequest, body: dict[str, Any], headers: Mapping[str, str]
+    ) -> tuple[AsyncIterator[bytes], dict[str, str]]:
+        """Open the stream; failures before the first byte fall back or raise as HTTP errors."""
+        assignment = self.plan(chat, headers)
+        self._start_shadows(assignment, chat, body)
+        variants = self.attempts(assignment)
+        previous: str | None = None
+        for attempt, variant in enumerate(variants):
+            event = self._event(assignment, variant, attempt, previous, stream=True)
+            chunks = self._open_stream(variant, chat, body)
+            try:
+                first = await anext(chunks)
+            except StopAsyncIteration:
+                exc: GatewayError = EngineError("the engine closed the stream without data")
+                self._finish(event, error=exc)
+                raise exc from None
+            except GatewayError as exc:
+                self._finish(event, error=exc)
+                if _retryable(exc) and attempt + 1 < len(variants):
+                    previous = variant.name
+                    continue
+                exc.headers.update(_headers(event))
+                raise
+            event["ttft_ms"] = (time.perf_counter() - event["_t0"]) * 1000
+            return self._relay(event, first, chunks), _headers(event)
+        raise AssertionError("unreachable: the last attempt returns or raises")
+
+    async def _relay(
+        self, event: dict[str, Any], first: bytes, chunks: AsyncIterator[bytes]
+    ) -> AsyncIterator[bytes]:
+        """Pass bytes through; a failure midway ends with an error event and no [DONE]."""
+        tail = first[-_TAIL_BYTES:]
+        try:
+            yield first
+            async for chunk in chunks:
+                tail = (tail + chunk)[-_TAIL_BYTES:]
+                yield chunk
+        except GatewayError as exc:
+            self._finish(event, error=exc)
+            yield b"data: " + orjson.dumps(exc.to_dict()) + b"\n\n"
+        except (asyncio.CancelledError, GeneratorExit):
+            # The client went away: closing ``chunks`` below cancels the upstream request.
+            self._finish(event, cancelled=True)
+            raise
+        else:
+            self._finish(event, result=PlainResult({}, usage=_usage_from_tail(tail)))
+        finally:
+            await chunks.aclose()  # type: ignore[attr-defined]
+
+    def _open_stream(
+        self, variant: Variant, chat: ChatCompletionRequest, body: dict[str, Any]
+    ) -> AsyncIterator[bytes]:
+        target = self.resolve_target(variant.target)
+        merged = _apply(body, variant.params)
+        if self.runner is not None:
+            return self.runner.stream(variant.pipeline, target, merged, chat)
+        _require_plain(variant)
+        return target.chat_stream(merged)
+
+    # -- running one variant --------------------------------------------------------------------
+
+    async def _run(
+        self, variant: Variant, chat: ChatCompletionRequest, body: dict[str, Any]
+    ) -> PipelineResultLike:
+        target = self.resolve_target(variant.target)
+        merged = _apply(body, variant.params)
+        if self.runner is not None:
+            return await self.runner.complete(variant.pipeline, target, merged, chat)
+        _require_plain(variant)
+        response = await target.chat(merged)
+        return PlainResult(response, usage=dict(response.get("usage") or {}))
+
+    def _start_shadows(
+        self, assignment: Assignment, chat: ChatCompletionRequest, body: dict[str, Any]
+    ) -> None:
+        route = self.router.get(assignment.route)
+        if route is None:
+            return
+        for variant in route.shadows():
+            if variant.name == assignment.variant.name:
+                continue
+            if len(self._shadows) >= MAX_SHADOWS_IN_FLIGHT:
+                log.warning(
+                    "shadow %s skipped: %d shadows in flight", variant.name, len(self._shadows)
+                )
+                continue
+            quiet = {k: v for k, v in body.items() if k not in ("stream", "stream_options")}
+            task = asyncio.create_task(self._shadow(assignment, variant, chat, quiet))
+            self._shadows.add(task)
+            task.add_done_callback(self._shadows.discard)
+
+    async def _shadow(
+        self,
+        assignment: Assignment,
+        variant: Variant,
+        chat: ChatCompletionRequest,
+        body: dict[str, Any],
+    ) -> None:
+        event = self._event(assignment, variant, 0, None, stream=False, shadow=True)
+        try:
+            shadow_chat = chat.model_copy(update={"stream": False, "stream_options": None})
+            self._finish(event, result=await self._run(variant, shadow_chat, body))
+        except GatewayError as exc:
+            self._finish(event, error=exc)
+        except asyncio.CancelledError:
+            self._finish(event, cancelled=True)
+            raise
+        except Exception as exc:  # a shadow must never take anything else down
+            log.exception("shadow %s failed", variant.name)
+            self._finish(event, error=EngineError(f"{type(exc).__name__}: {exc}"))
+
+    async def drain_shadows(self, timeout_s: float = 10.0) -> None:
+        if self._shadows:
+            await asyncio.wait(set(self._shadows), timeout=timeout_s)
+
+    # -- events ---------------------------------------------------------------------------------
+
+    def _event(
+        self,
+        assignment: Assignment,
+        variant: Variant,
+        attempt: int,
+        fallback_from: str | None,
+        *,
+        stream: bool,
+        shadow: bool = False,
+    ) -> dict[str, Any]:
+        target = self.resolve_target(variant.target)
+        return {
+            "id": new_inference_id(),
+            "ts": time.time(),
+            "_t0": time.perf_counter(),
+            "route": assignment.route or None,
+            "variant": variant.name or None,
+            "assignment": "shadow" if shadow else assignment.reason,
+            "model": target.base_model,
+            "adapter": target.adapter,
+            "pipeline": variant.pipeline,
+            "key_hash": assignment.key_hash,
+            "shadow": shadow,
+            "attempt": attempt,
+            "fallback_from": fallback_from,
+            "stream": stream,
+            "source": "online",
+        }
+
+    def _finish(
+        self,
+        event: dict[str, Any],
+        *,
+        result: PipelineResultLike | None = None,
+        error: GatewayError | None = None,
+        cancelled: bool = False,
+    ) -> None:
+        if "status" in event:
+            return  # already logged (a stream error followed by the generator closing)
+        event["latency_ms"] = (time.perf_counter() - event.pop("_t0")) * 1000
+        if error is not None:
+            event.update(
+                status="error",
+                http_status=error.status_code,
+                error_code=error.code,
+                error_message=error.message[:1000],
+            )
+        elif cancelled:
+            event.update(status="cancelled", http_status=499)
+        else:
+            assert result is not None
+            usage = result.usage or {}
+            event.update(
+                status="ok",
+                http_status=200,
+                answer=result.answer,
+                votes=result.votes or None,
+                calls=result.calls,
+                prompt_tokens=usage.get("prompt_tokens"),
+                completion_tokens=usage.get("completion_tokens"),
+            )
+            event["cost"] = self._cost(event)
+        self.metrics.observe(event)
+        self.events.record(event)
+
+    def record_rejection(self, model: str | None, error: GatewayError, started: float) -> str:
+        """Log a request refused before any variant ran (bad input, unknown model)."""
+        event = {
+            "id": new_inference_id(),
+            "ts": time.time(),
+            "route": None,
+            "variant": None,
+            "model": model,
+            "status": "error",
+            "http_status": error.status_code,
+            "error_code": error.code,
+            "error_message": error.message[:1000],
+            "latency_ms": (time.perf_counter() - started) * 1000,
+            "source": "online",
+            "shadow": False,
+        }
+        self.metrics.observe(event)
+        self.events.record(event)
+        return str(event["id"])
+
+    def _cost(self, event: dict[str, Any]) -> float | None:
+        spec = self.config.models.get(event["model"])
+        if spec is None:
+            return None
+        return spec.pricing.cost(event.get("prompt_tokens"), event.get("completion_tokens"))
+
+
+def _requested_pipeline(chat: ChatCompletionRequest) -> str | None:
+    extension = getattr(chat, "switchboard", None)
+    if extension is None:
+        return None
+    pipeline = getattr(extension, "pipeline", None)
+    if pipeline is None and isinstance(extension, dict):
+        pipeline = extension.get("pipeline")
+    return str(pipeline) if pipeline is not None else None
+
+
+def _require_plain(variant: Variant) -> None:
+    if variant.pipeline != "plain":
+        raise InvalidRequestError(
+            f"Pipeline '{variant.pipeline}' is not available on this gateway.", param="model"
+        )
+
+
+def _apply(body: dict[str, Any], params: SamplingSpec) -> dict[str, Any]:
+    """The variant's sampling settings over the client's."""
+    overrides = params.model_dump(exclude_none=True)
+    merged = {**body, **overrides}
+    if "max_tokens" in overrides:
+        merged.pop("max_completion_tokens", None)
+    return merged
+
+
+def _retryable(exc: GatewayError) -> bool:
+    return isinstance(exc, EngineError) and exc.retryable
+
+
+def _headers(event: dict[str, Any]) -> dict[str, str]:
+    headers = {"x-switchboard-inference-id": str(event["id"])}
+    if event.get("route"):
+        headers["x-switchboard-route"] = str(event["route"])
+        headers["x-switchboard-variant"] = str(event["variant"])
+    return headers
+
+
+def _extension(event: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "inference_id": event["id"],
+        "route": event.get("route"),
+        "variant": event.get("variant"),
+        "pipeline": event.get("pipeline"),
+    }
+
+
+def _usage_from_tail(tail: bytes) -> dict[str, int]:
+    """Usage from the last SSE events of a stream (present with include_usage)."""
+    for line in reversed(tail.split(b"\n")):
+        if line.startswith(b"data: {") and b'"usage"' in line:
+            try:
+                usage = orjson.loads(line[6:]).get("usage")
+            except orjson.JSONDecodeError:
+                return {}
+            return dict(usage) if isinstance(usage, dict) else {}
+    return {}

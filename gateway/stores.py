@@ -1,0 +1,324 @@
+"""Where inference events and feedback are kept: SQLite (default) or PostgreSQL (by URL).
+
+Stores are synchronous and thread-safe; the event log calls them from worker threads so the
+event loop never waits on a database. Every insert is ``ON CONFLICT (id) DO NOTHING``, which
+makes replaying a spool after an outage idempotent.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sqlite3
+import threading
+from abc import ABC, abstractmethod
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any, Protocol
+
+log = logging.getLogger(__name__)
+
+EVENT_COLUMNS: tuple[str, ...] = (
+    "id",
+    "ts",
+    "route",
+    "variant",
+    "assignment",
+    "model",
+    "adapter",
+    "pipeline",
+    "key_hash",
+    "shadow",
+    "attempt",
+    "fallback_from",
+    "stream",
+    "status",
+    "http_status",
+    "error_code",
+    "error_message",
+    "latency_ms",
+    "ttft_ms",
+    "prompt_tokens",
+    "completion_tokens",
+    "calls",
+    "cost",
+    "answer",
+    "votes",
+    "source",
+    "run_id",
+)
+FEEDBACK_COLUMNS: tuple[str, ...] = ("id", "inference_id", "name", "kind", "value", "text", "ts")
+
+_TYPES = {
+    "ts": "DOUBLE PRECISION NOT NULL",
+    "shadow": "INTEGER NOT NULL DEFAULT 0",
+    "attempt": "INTEGER",
+    "stream": "INTEGER",
+    "http_status": "INTEGER",
+    "latency_ms": "DOUBLE PRECISION",
+    "ttft_ms": "DOUBLE PRECISION",
+    "prompt_tokens": "INTEGER",
+    "completion_tokens": "INTEGER",
+    "calls": "INTEGER",
+    "cost": "DOUBLE PRECISION",
+    "status": "TEXT NOT NULL",
+}
+SCHEMA = [
+    "CREATE TABLE IF NOT EXISTS inference_events ("
+    + ", ".join(
+        "id TEXT PRIMARY KEY" if c == "id" else f"{c} {_TYPES.get(c, 'TEXT')}"
+        for c in EVENT_COLUMNS
+    )
+    + ")",
+    "CREATE INDEX IF NOT EXISTS inference_events_route_ts ON inference_events (route, ts)",
+    "CREATE TABLE IF NOT EXISTS feedback (id TEXT PRIMARY KEY, inference_id TEXT NOT NULL, "
+    "name TEXT NOT NULL, kind TEXT NOT NULL, value DOUBLE PRECISION, text TEXT, "
+    "ts DOUBLE PRECISION NOT NULL)",
+    "CREATE INDEX IF NOT EXISTS feedback_inference ON feedback (inference_id)",
+    "CREATE TABLE IF NOT EXISTS route_overrides (route TEXT PRIMARY KEY, variant TEXT NOT NULL, "
+    "ts DOUBLE PRECISION NOT NULL)",
+]
+
+
+class StoreError(Exception):
+    """The database could not be reached or refused a write."""
+
+
+class Store(Protocol):
+    url: str
+
+    def write_events(self, rows: Sequence[dict[str, Any]]) -> None: ...
+    def write_feedback(self, rows: Sequence[dict[str, Any]]) -> None: ...
+    def get_event(self, inference_id: str) -> dict[str, Any] | None: ...
+    def events(self, route: str | None = None) -> list[dict[str, Any]]: ...
+    def feedback(self, route: str | None = None) -> list[dict[str, Any]]: ...
+    def set_override(self, route: str, variant: str, ts: float) -> None: ...
+    def overrides(self) -> dict[str, str]: ...
+    def close(self) -> None: ...
+
+
+def event_row(event: dict[str, Any]) -> tuple[Any, ...]:
+    votes = event.get("votes")
+    return tuple(
+        json.dumps(votes) if c == "votes" and votes is not None else event.get(c)
+        for c in EVENT_COLUMNS
+    )
+
+
+def _event_dict(columns: Sequence[str], row: Sequence[Any]) -> dict[str, Any]:
+    data = dict(zip(columns, row, strict=True))
+    if isinstance(data.get("votes"), str):
+        data["votes"] = json.loads(data["votes"])
+    for flag in ("shadow", "stream"):
+        if data.get(flag) is not None:
+            data[flag] = bool(data[flag])
+    return data
+
+
+class _SQLStore(ABC):
+    """The SQL both backends share; subclasses supply the connection and the placeholder."""
+
+    url: str
+    placeholder = "?"
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+
+    @abstractmethod
+    def _execute(self, sql: str, params: Iterable[Sequence[Any]] | None = None) -> None: ...
+
+    @abstractmethod
+    def _query(self, sql: str, params: Sequence[Any] = ()) -> tuple[list[str], list[Any]]: ...
+
+    def _insert_sql(self, table: str, columns: Sequence[str]) -> str:
+        marks = ", ".join([self.placeholder] * len(columns))
+        return (
+            f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({marks}) "
+            "ON CONFLICT (id) DO NOTHING"
+        )
+
+    def write_events(self, rows: Sequence[dict[str, Any]]) -> None:
+        if rows:
+            sql = self._insert_sql("inference_events", EVENT_COLUMNS)
+            self._execute(sql, [event_row(r) for r in rows])
+
+    def write_feedback(self, rows: Sequence[dict[str, Any]]) -> None:
+        if rows:
+            sql = self._insert_sql("feedback", FEEDBACK_COLUMNS)
+            self._execute(sql, [tuple(r.get(c) for c in FEEDBACK_COLUMNS) for r in rows])
+
+    def get_event(self, inference_id: str) -> dict[str, Any] | None:
+        p = self.placeholder
+        columns, rows = self._query(
+            f"SELECT * FROM inference_events WHERE id = {p}", [inference_id]
+        )
+        return _event_dict(columns, rows[0]) if rows else None
+
+    def events(self, route: str | None = None) -> list[dict[str, Any]]:
+        where, params = (f" WHERE route = {self.placeholder}", [route]) if route else ("", [])
+        columns, rows = self._query(f"SELECT * FROM inference_events{where} ORDER BY ts", params)
+        return [_event_dict(columns, r) for r in rows]
+
+    def feedback(self, route: str | None = None) -> list[dict[str, Any]]:
+        sql = "SELECT f.* FROM feedback f JOIN inference_events e ON e.id = f.inference_id"
+        params: list[Any] = []
+        if route:
+            sql += f" WHERE e.route = {self.placeholder}"
+            params.append(route)
+        columns, rows = self._query(sql + " ORDER BY f.ts", params)
+        return [dict(zip(columns, r, strict=True)) for r in rows]
+
+    def set_override(self, route: str, variant: str, ts: float) -> None:
+        p = self.placeholder
+        self._execute(
+            f"INSERT INTO route_overrides (route, variant, ts) VALUES ({p}, {p}, {p}) "
+            "ON CONFLICT (route) DO UPDATE SET variant = excluded.variant, ts = excluded.ts",
+            [(route, variant, ts)],
+        )
+
+    def overrides(self) -> dict[str, str]:
+        _, rows = self._query("SELECT route, variant FROM route_overrides")
+        return {str(r[0]): str(r[1]) for r in rows}
+
+
+class SQLiteStore(_SQLStore):
+    """One SQLite file in WAL mode: readers never block the writer."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__()
+        self.url = f"sqlite:///{path}"
+        self.path = path
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            # Shared across worker threads; the lock serialises use.
+            self._conn = sqlite3.connect(path, check_same_thread=False, timeout=5.0)
+            self._conn.execute("PRAGMA journal_mode=WAL")
+            self._conn.execute("PRAGMA synchronous=NORMAL")
+            for statement in SCHEMA:
+                self._conn.execute(statement)
+            self._conn.commit()
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot open the event database {path}: {exc}") from exc
+
+    def _execute(self, sql: str, params: Iterable[Sequence[Any]] | None = None) -> None:
+        with self._lock:
+            try:
+                if params is None:
+                    self._conn.execute(sql)
+                else:
+                    self._conn.executemany(sql, params)
+                self._conn.commit()
+            except sqlite3.Error as exc:
+                self._conn.rollback()
+                raise StoreError(f"{self.path}: {exc}") from exc
+
+    def _query(self, sql: str, params: Sequence[Any] = ()) -> tuple[list[str], list[Any]]:
+        with self._lock:
+            try:
+                cursor = self._conn.execute(sql, params)
+                return [d[0] for d in cursor.description], cursor.fetchall()
+            except sqlite3.Error as exc:
+                raise StoreError(f"{self.path}: {exc}") from exc
+
+    def close(self) -> None:
+        with self._lock:
+            self._conn.close()
+
+
+class PostgresStore(_SQLStore):
+    """PostgreSQL through psycopg 3; reconnects on the next call after a failure."""
+
+    placeholder = "%s"
+
+    def __init__(self, url: str) -> None:
+        super().__init__()
+        self.url = url
+        self._conn: Any = None
+        try:
+            with self._lock:
+                self._connect()
+        except StoreError as exc:
+            # Start anyway: the event log spools until the database is back.
+            log.warning("%s; events will be spooled until it is reachable", exc)
+
+    def _connect(self) -> Any:
+        import psycopg
+
+        if self._conn is None or self._conn.closed:
+            try:
+                self._conn = psycopg.connect(self.url, connect_timeout=3)
+                with self._conn.cursor() as cur:
+                    for statement in SCHEMA:
+                        cur.execute(statement)
+                self._conn.commit()
+            except psycopg.Error as exc:
+                self._conn = None
+                raise StoreError(f"PostgreSQL at {_redact(self.url)}: {exc}") from exc
+        return self._conn
+
+    def _execute(self, sql: str, params: Iterable[Sequence[Any]] | None = None) -> None:
+        import psycopg
+
+        with self._lock:
+            conn = self._connect()
+            try:
+                with conn.cursor() as cur:
+                    if params is None:
+                        cur.execute(sql)
+                    else:
+                        cur.executemany(sql, list(params))
+                conn.commit()
+            except psycopg.Error as exc:
+                self._drop(conn)
+                raise StoreError(f"PostgreSQL at {_redact(self.url)}: {exc}") from exc
+
+    def _query(self, sql: str, params: Sequence[Any] = ()) -> tuple[list[str], list[Any]]:
+        import psycopg
+
+        with self._lock:
+            conn = self._connect()
+            try:
+                with conn.cursor() as cur:
+                    cur.execute(sql, params)
+                    rows = cur.fetchall()
+                    columns = [d.name for d in cur.description]
+                conn.commit()
+                return columns, rows
+            except psycopg.Error as exc:
+                self._drop(conn)
+                raise StoreError(f"PostgreSQL at {_redact(self.url)}: {exc}") from exc
+
+    def _drop(self, conn: Any) -> None:
+        try:
+            conn.close()
+        finally:
+            self._conn = None
+
+    def close(self) -> None:
+        with self._lock:
+            if self._conn is not None:
+                self._conn.close()
+                self._conn = None
+
+
+def _redact(url: str) -> str:
+    """The URL without its password, for messages and logs."""
+    if "@" not in url or "://" not in url:
+        return url
+    scheme, rest = url.split("://", 1)
+    creds, host = rest.rsplit("@", 1)
+    user = creds.split(":", 1)[0]
+    return f"{scheme}://{user}:***@{host}"
+
+
+def open_store(url: str | None, default_path: Path) -> Store:
+    """``None`` or ``sqlite:///path`` -> SQLite; ``postgresql://...`` -> PostgreSQL."""
+    if url is None:
+        return SQLiteStore(default_path)
+    if url.startswith("sqlite:///"):
+        return SQLiteStore(Path(url.removeprefix("sqlite:///")))
+    if url.startswith(("postgresql://", "postgres://")):
+        return PostgresStore(url)
+    raise StoreError(
+        f"unsupported event database URL {_redact(url)}: use sqlite:/// or postgresql://"
+    )
