@@ -11,6 +11,7 @@ from typing import Annotated, TypeVar
 import typer
 from rich.console import Console
 
+from gateway.cli_experiments import experiments_app, report
 from gateway.config import GatewayConfig, load_config
 from gateway.errors import ConfigError
 from gateway.settings import Settings
@@ -26,6 +27,8 @@ app.add_typer(models_app, name="models")
 data_app = typer.Typer(help="Import labelled multiple-choice data.", no_args_is_help=True)
 app.add_typer(config_app, name="config")
 app.add_typer(data_app, name="data")
+app.add_typer(experiments_app, name="experiments")
+app.command("report")(report)
 
 T = TypeVar("T")
 

@@ -1,0 +1,115 @@
+"""Rendering an experiment analysis (``experiments.analyse``) as a terminal table or HTML."""
+
+from __future__ import annotations
+
+import html
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+
+def _num(value: Any, digits: int = 3) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.{digits}g}"
+    return str(value)
+
+
+def _interval(estimate: dict[str, Any]) -> str:
+    low, high = estimate["ci95"]
+    if estimate["mean"] is None:
+        return "-"
+    span = f" [{_num(low)}, {_num(high)}]" if low is not None else ""
+    return f"{_num(estimate['mean'])}{span} (n={estimate['n']})"
+
+
+def variant_rows(report: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
+    metrics = sorted({m for v in report["variants"].values() for m in v["metrics"]})
+    header = [
+        "variant",
+        "weight",
+        "n",
+        "error rate [95% CI]",
+        "latency p50 ms",
+        "p95 ms",
+        "prompt tok",
+        "completion tok",
+        "cost",
+        *metrics,
+    ]
+    rows = []
+    for name, figures in report["variants"].items():
+        rows.append(
+            [
+                name,
+                _num(report["weights"][name]),
+                str(figures["n"]),
+                _interval(figures["error_rate"]),
+                _num(figures["latency_ms"]["p50"]),
+                _num(figures["latency_ms"]["p95"]),
+                _num(figures["prompt_tokens"]),
+                _num(figures["completion_tokens"]),
+                _num(figures["cost"]),
+                *(_interval(figures["metrics"][m]) for m in metrics),
+            ]
+        )
+    return header, rows
+
+
+def comparison_rows(report: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
+    header = ["variant", "vs", "metric", "difference [95% CI]", "p-value", "test"]
+    rows = []
+    for c in report["comparisons"]:
+        low, high = c["ci95"]
+        diff = (
+            "-"
+            if c["difference"] is None
+            else f"{c['difference']:+.4g} [{_num(low)}, {_num(high)}]"
+        )
+        rows.append([c["variant"], c["against"], c["metric"], diff, _num(c["p_value"]), c["test"]])
+    return header, rows
+
+
+def print_table(report: dict[str, Any], console: Console) -> None:
+    for title, (header, rows) in (
+        (f"Route {report['route']}", variant_rows(report)),
+        (f"Against the control '{report['control']}'", comparison_rows(report)),
+    ):
+        table = Table(title=title)
+        for column in header:
+            table.add_column(column)
+        for row in rows:
+            table.add_row(*row)
+        console.print(table)
+    srm = report["sample_ratio"]
+    if srm:
+        console.print(
+            f"Sample ratio: observed {srm['observed']}, expected {srm['expected']}, "
+            f"p = {_num(srm['p_value'])}{' MISMATCH' if srm['mismatch'] else ''}"
+        )
+    console.print(f"[bold]Verdict:[/bold] {report['verdict']}")
+
+
+def to_html(reports: list[dict[str, Any]]) -> str:
+    """A self-contained page: no scripts, no external resources."""
+    parts = [
+        "<!doctype html><html><head><meta charset='utf-8'><title>Switchboard report</title>",
+        "<style>body{font-family:sans-serif;margin:2em}table{border-collapse:collapse;"
+        "margin:1em 0}td,th{border:1px solid #ccc;padding:4px 8px;text-align:right}"
+        "th{background:#eee}td:first-child{text-align:left}.verdict{font-weight:bold}"
+        "</style></head><body><h1>Switchboard experiments</h1>",
+    ]
+    for report in reports:
+        parts.append(f"<h2>Route {html.escape(report['route'])}</h2>")
+        for header, rows in (variant_rows(report), comparison_rows(report)):
+            parts.append(
+                "<table><tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in header) + "</tr>"
+            )
+            for row in rows:
+                parts.append("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>")
+            parts.append("</table>")
+        parts.append(f"<p class='verdict'>{html.escape(report['verdict'])}</p>")
+    parts.append("</body></html>")
+    return "\n".join(parts)
