@@ -197,8 +197,11 @@ class SQLiteStore(_SQLStore):
             for statement in SCHEMA:
                 self._conn.execute(statement)
             self._conn.commit()
-        except sqlite3.Error as exc:
-            raise StoreError(f"cannot open the event database {path}: {exc}") from exc
+        except (sqlite3.Error, OSError) as exc:
+            raise StoreError(
+                f"cannot open the event database {path}: {exc}. Fix: make its folder writable, "
+                "or set events.url in gateway.yaml"
+            ) from exc
 
     def _execute(self, sql: str, params: Iterable[Sequence[Any]] | None = None) -> None:
         with self._lock:
