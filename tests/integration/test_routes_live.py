@@ -11,6 +11,7 @@ import pytest
 
 from gateway.app import create_app
 from gateway.config import parse_config
+from gateway.engines.supervisor import free_port
 from gateway.settings import Settings
 
 pytestmark = pytest.mark.slow
@@ -22,7 +23,14 @@ async def gateway_on_vllm(vllm_url: str, tmp_path: Path) -> AsyncIterator[httpx.
 models:
   base: {{engine: vllm, urls: ["{vllm_url}"], upstream_model: smollm2,
           pricing: {{prompt_per_1m: 0.1, completion_per_1m: 0.4}}}}
+  dead: {{engine: vllm, urls: ["http://127.0.0.1:{free_port()}"], upstream_model: smollm2}}
 routes:
+  resilient:
+    allow_pin: true
+    variants:
+      down: {{target: dead, weight: 100}}
+      up: {{target: base, weight: 0, params: {{max_tokens: 4}}}}
+    fallback: [down, up]
   colours:
     variants:
       greedy: {{target: base, weight: 50, params: {{temperature: 0, max_tokens: 8}}}}
@@ -99,3 +107,26 @@ async def test_streaming_through_a_route_is_logged_with_usage(
     assert row is not None and row["status"] == "ok" and row["stream"] is True
     assert row["completion_tokens"] and row["ttft_ms"] is not None
     assert row["ttft_ms"] <= row["latency_ms"]
+
+
+async def test_fallback_from_a_dead_engine_to_the_real_one(
+    gateway_on_vllm: httpx.AsyncClient,
+) -> None:
+    raw = gateway_on_vllm
+    body = {"model": "resilient", "messages": [{"role": "user", "content": "Hi"}]}
+    resp = await raw.post("/v1/chat/completions", json=body)
+    assert resp.status_code == 200
+    assert resp.headers["x-switchboard-variant"] == "up"
+    assert resp.json()["choices"][0]["message"]["content"]
+    streamed = await raw.post("/v1/chat/completions", json={**body, "stream": True})
+    assert streamed.status_code == 200 and streamed.headers["x-switchboard-variant"] == "up"
+    # Pinned to the dead variant: no fallback, the client sees the 503.
+    pinned = await raw.post(
+        "/v1/chat/completions", json=body, headers={"x-switchboard-variant": "down"}
+    )
+    assert pinned.status_code == 503 and pinned.headers["retry-after"]
+    state = raw._transport.app.state.gateway  # type: ignore[attr-defined]
+    await state.events.flush()
+    rows = state.events.store.events("resilient")
+    assert [r["status"] for r in rows if r["variant"] == "down"] == ["error"] * 3
+    assert all(r["fallback_from"] == "down" for r in rows if r["variant"] == "up")
