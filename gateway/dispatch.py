@@ -135,6 +135,37 @@ class Dispatcher:
             return response, _headers(event)
         raise AssertionError("unreachable: the last attempt returns or raises")
 
+    async def run_variant(
+        self,
+        route_name: str,
+        variant_name: str,
+        chat: ChatCompletionRequest,
+        body: dict[str, Any],
+        *,
+        run_id: str,
+    ) -> tuple[PipelineResultLike, dict[str, Any]]:
+        """One offline call of one variant, by the live code path, logged as ``offline``.
+
+        No shadows and no fallback: an evaluation measures the variant itself.
+        """
+        route = self.router.get(route_name)
+        if route is None or variant_name not in route.variants:
+            raise InvalidRequestError(f"no variant '{variant_name}' in route '{route_name}'")
+        variant = route.variants[variant_name]
+        assignment = Assignment(route_name, variant, "offline")
+        event = self._event(assignment, variant, 0, None, stream=False)
+        event.update(source="offline", run_id=run_id)
+        try:
+            result = await self._run(variant, chat, body)
+        except GatewayError as exc:
+            self._finish(event, error=exc)
+            raise
+        except asyncio.CancelledError:
+            self._finish(event, cancelled=True)
+            raise
+        self._finish(event, result=result)
+        return result, event
+
     # -- streaming ------------------------------------------------------------------------------
 
     async def stream(

@@ -27,7 +27,7 @@ from gateway.errors import InvalidRequestError
 BUCKETS = 10_000
 PIN_HEADER = "x-switchboard-variant"
 
-Reason = Literal["sticky", "random", "pinned", "promoted", "direct"]
+Reason = Literal["sticky", "random", "pinned", "promoted", "direct", "offline"]
 
 
 @dataclass(frozen=True)
