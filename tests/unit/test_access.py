@@ -1,0 +1,83 @@
+"""API keys and limits, as logic (the API-level tests exercise them through the gateway)."""
+
+from __future__ import annotations
+
+import pytest
+
+from gateway.auth import ApiKey, KeyRing, hash_key, new_key
+from gateway.errors import (
+    AuthenticationError,
+    EngineUnavailableError,
+    PermissionDeniedError,
+    RateLimitError,
+)
+from gateway.ratelimit import ConcurrencyGate, RateLimiter
+
+
+def ring() -> tuple[KeyRing, str, str]:
+    user, admin = new_key(), new_key()
+    keys = [
+        ApiKey("app", hash_key(user), frozenset({"inference", "feedback"})),
+        ApiKey("ops", hash_key(admin), frozenset({"admin", "inference", "feedback"})),
+    ]
+    return KeyRing(keys), user, admin
+
+
+def test_keys_are_matched_by_hash_with_scopes() -> None:
+    keys, user, admin = ring()
+    assert keys.authenticate(f"Bearer {user}", "inference").name == "app"  # type: ignore[union-attr]
+    assert keys.authenticate(f"Bearer {admin}", "admin").name == "ops"  # type: ignore[union-attr]
+    with pytest.raises(PermissionDeniedError):
+        keys.authenticate(f"Bearer {user}", "admin")
+    for header in (None, "", "Basic abc", f"Bearer {user}x"):
+        with pytest.raises(AuthenticationError):
+            keys.authenticate(header, "inference")
+    assert hash_key(user).startswith("sha256:") and user not in hash_key(user)
+
+
+def test_no_keys_means_auth_off() -> None:
+    assert KeyRing([]).authenticate(None, "admin") is None
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_requests_per_minute_with_retry_after() -> None:
+    clock = Clock()
+    limiter = RateLimiter(requests_per_minute=60, tokens_per_minute=None, clock=clock)
+    for _ in range(60):
+        limiter.admit("k")
+    with pytest.raises(RateLimitError) as info:
+        limiter.admit("k")
+    assert info.value.headers["Retry-After"] == "1"
+    limiter.admit("other")  # per key
+    clock.now += 1.0
+    limiter.admit("k")
+
+
+def test_tokens_per_minute_charge_after_the_answer() -> None:
+    clock = Clock()
+    limiter = RateLimiter(requests_per_minute=None, tokens_per_minute=600, clock=clock)
+    limiter.admit("k")
+    limiter.charge_tokens("k", 900)  # 300 in debt
+    with pytest.raises(RateLimitError) as info:
+        limiter.admit("k")
+    assert info.value.headers["Retry-After"] == "30"
+    clock.now += 30
+    limiter.admit("k")
+
+
+def test_concurrency_gate_refuses_at_once() -> None:
+    gate = ConcurrencyGate(2)
+    gate.enter()
+    gate.enter()
+    with pytest.raises(EngineUnavailableError) as info:
+        gate.enter()
+    assert info.value.headers["Retry-After"] == "1"
+    gate.leave()
+    gate.enter()
