@@ -12,7 +12,7 @@ PIP := $(BIN)/python -m pip
 STAMP := $(VENV)/.installed-$(ENGINE)
 PYTEST_ARGS ?=
 
-.PHONY: install prepare serve test test-fast lint clean system-deps
+.PHONY: install prepare serve test test-fast lint clean system-deps demo-adapter
 
 install: $(STAMP)
 
@@ -38,6 +38,15 @@ prepare: install
 
 serve: prepare
 	$(BIN)/gateway serve $(if $(CONFIG),--config $(CONFIG))
+
+# The demo adapter (committed in adapters/) trained again by the command its manifest records,
+# from the train split of MMLU's medical topics: about 25 minutes on 2 CPU cores.
+demo-adapter: prepare
+	$(BIN)/gateway data import mmlu --split train --out build/mmlu-medical-train.jsonl
+	$(BIN)/gateway adapters train --base smollm2 --data build/mmlu-medical-train.jsonl \
+	  --out adapters/mmlu-med-demo --rank 8 --alpha 16 --max-steps 100 --lr 0.0003 \
+	  --batch-size 8 --seed 0 --val-fraction 0.1 --max-length 2048 --force --description \
+	  'Demo adapter: SmolLM2-135M-Instruct tuned on the train split of the MMLU medical topics to answer multiple-choice questions as "Answer: X". Near chance accuracy; for plumbing and A/B demos.'
 
 # The tests run a private PostgreSQL server (the event log's scale-out backend).
 system-deps:

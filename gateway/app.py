@@ -14,7 +14,10 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from gateway import __version__
-from gateway.api import chat, experiments, feedback, health, metrics, models
+from gateway.adapter_serving import AdapterServing
+from gateway.adapters import load_registry
+from gateway.api import adapters as adapters_api
+from gateway.api import chat, evaluations, experiments, feedback, health, metrics, models
 from gateway.api.deps import GatewayState
 from gateway.config import PACKAGED_PREFIX, GatewayConfig, VLLMModel
 from gateway.dispatch import Dispatcher
@@ -23,6 +26,7 @@ from gateway.errors import ConfigError, GatewayError
 from gateway.events import EventLog
 from gateway.metrics import Metrics
 from gateway.middleware import BodySizeLimit
+from gateway.pipelines.runner import PipelineRunner
 from gateway.routing import Router, check_routes
 from gateway.settings import Settings
 from gateway.stores import StoreError, open_store
@@ -41,10 +45,18 @@ def create_app(
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        # Adapters are checked before vLLM starts: a bad adapter fails fast, not after 30 s.
+        registry = load_registry(config, settings, "gateway.yaml")
+        # Pipelines too: a broken template fails here, naming its file and line.
+        runner = PipelineRunner.from_config(config)
+        if engines is None:
+            runner.warm_up()  # a real serve: load the embedding model off the request path
         built = engines if engines is not None else await build_engines(config, settings)
         await start_engines(built)
         async with contextlib.AsyncExitStack() as stack:
             stack.push_async_callback(_stop_engines, built)
+            adapters = AdapterServing(registry, built)
+            await adapters.preload(config.adapters.preload)
             events = await open_event_log(config, settings)
             stack.push_async_callback(events.stop)
             state = GatewayState(
@@ -54,8 +66,10 @@ def create_app(
                 events=events,
                 router=Router(config, promotions=await _promotions(events)),
                 metrics=Metrics(events),
+                adapters=adapters,
             )
             app.state.gateway = state
+            state.runner = runner
             state.dispatcher = Dispatcher(
                 config=config,
                 router=state.router,
@@ -78,7 +92,8 @@ def create_app(
     )
     app.add_middleware(BodySizeLimit, max_bytes=config.limits.max_body_bytes)
     install_error_handlers(app)
-    for module in (chat, models, health, feedback, experiments, metrics):
+    routers = (chat, models, health, feedback, experiments, evaluations, metrics, adapters_api)
+    for module in routers:
         app.include_router(module.router)
     return app
 

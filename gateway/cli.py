@@ -11,7 +11,10 @@ from typing import Annotated, TypeVar
 import typer
 from rich.console import Console
 
+from gateway.cli_adapters import adapters_app
+from gateway.cli_eval import eval_command
 from gateway.cli_experiments import experiments_app, report
+from gateway.cli_pipelines import exemplars_app, pipelines_app
 from gateway.config import GatewayConfig, load_config
 from gateway.errors import ConfigError
 from gateway.settings import Settings
@@ -28,7 +31,11 @@ data_app = typer.Typer(help="Import labelled multiple-choice data.", no_args_is_
 app.add_typer(config_app, name="config")
 app.add_typer(data_app, name="data")
 app.add_typer(experiments_app, name="experiments")
+app.add_typer(adapters_app, name="adapters")
+app.add_typer(pipelines_app, name="pipelines")
+app.add_typer(exemplars_app, name="exemplars")
 app.command("report")(report)
+app.command("eval")(eval_command)
 
 T = TypeVar("T")
 

@@ -209,12 +209,35 @@ class EventsSpec(_Spec):
     max_queue: int = Field(default=100_000, ge=1)
 
 
+class AdaptersSpec(_Spec):
+    """LoRA adapters: the registry folders (each holds ``<name>/adapter.yaml``), see adapters.py."""
+
+    folders: list[str] = Field(
+        default_factory=list,
+        description="relative to this file; '$GATEWAY_HOME/adapters' is the gateway's home",
+    )
+    preload: list[str] = Field(
+        default_factory=list, description="loaded into vLLM at start; others on first use"
+    )
+
+
+class PipelinesSpec(_Spec):
+    """Prompt pipelines beyond the shipped ``prompts/``: see gateway/pipelines/loader.py."""
+
+    folders: list[str] = Field(
+        default_factory=list,
+        description="relative to this file; each holds <name>/pipeline.yaml; later ones win",
+    )
+
+
 class GatewayConfig(_Spec):
     server: ServerSpec = Field(default_factory=ServerSpec)
     limits: LimitsSpec = Field(default_factory=LimitsSpec)
     models: dict[str, ModelSpec] = Field(min_length=1)
     routes: dict[str, RouteSpec] = Field(default_factory=dict)
     events: EventsSpec = Field(default_factory=EventsSpec)
+    adapters: AdaptersSpec = Field(default_factory=AdaptersSpec)
+    pipelines: PipelinesSpec = Field(default_factory=PipelinesSpec)
 
     @model_validator(mode="after")
     def _route_names_are_free(self) -> GatewayConfig:
@@ -332,6 +355,12 @@ def resolve_config(config: GatewayConfig, source: str, *, config_dir: Path | Non
                         f"{key}.launch.model: folder {folder} does not exist. "
                         "Fix: point it at a model folder, or use a model hub id."
                     )
+    from gateway.adapters import config_check_problems
+
+    problems += config_check_problems(config)
+    from gateway.pipelines.loader import config_problems as pipeline_problems
+
+    problems += pipeline_problems(config)
     if problems:
         raise ConfigError(source, problems)
 

@@ -45,7 +45,13 @@ class Runner(Protocol):
     ) -> PipelineResultLike: ...
 
     def stream(
-        self, pipeline: str, target: Target, body: dict[str, Any], chat: ChatCompletionRequest
+        self,
+        pipeline: str,
+        target: Target,
+        body: dict[str, Any],
+        chat: ChatCompletionRequest,
+        *,
+        on_result: Callable[[PipelineResultLike], None] | None = None,
     ) -> AsyncIterator[bytes]: ...
 
 
@@ -178,7 +184,8 @@ class Dispatcher:
         previous: str | None = None
         for attempt, variant in enumerate(variants):
             event = self._event(assignment, variant, attempt, previous, stream=True)
-            chunks = self._open_stream(variant, chat, body)
+            results: list[PipelineResultLike] = []
+            chunks = self._open_stream(variant, chat, body, results)
             try:
                 first = await anext(chunks)
             except StopAsyncIteration:
@@ -193,11 +200,15 @@ class Dispatcher:
                 exc.headers.update(_headers(event))
                 raise
             event["ttft_ms"] = (time.perf_counter() - event["_t0"]) * 1000
-            return self._relay(event, first, chunks), _headers(event)
+            return self._relay(event, first, chunks, results), _headers(event)
         raise AssertionError("unreachable: the last attempt returns or raises")
 
     async def _relay(
-        self, event: dict[str, Any], first: bytes, chunks: AsyncIterator[bytes]
+        self,
+        event: dict[str, Any],
+        first: bytes,
+        chunks: AsyncIterator[bytes],
+        results: list[PipelineResultLike],
     ) -> AsyncIterator[bytes]:
         """Pass bytes through; a failure midway ends with an error event and no [DONE]."""
         tail = first[-_TAIL_BYTES:]
@@ -214,17 +225,27 @@ class Dispatcher:
             self._finish(event, cancelled=True)
             raise
         else:
-            self._finish(event, result=PlainResult({}, usage=_usage_from_tail(tail)))
+            result = results[0] if results else PlainResult({})
+            if not result.usage:
+                result.usage = _usage_from_tail(tail)
+            self._finish(event, result=result)
         finally:
             await chunks.aclose()  # type: ignore[attr-defined]
 
     def _open_stream(
-        self, variant: Variant, chat: ChatCompletionRequest, body: dict[str, Any]
+        self,
+        variant: Variant,
+        chat: ChatCompletionRequest,
+        body: dict[str, Any],
+        results: list[PipelineResultLike],
     ) -> AsyncIterator[bytes]:
         target = self.resolve_target(variant.target)
         merged = _apply(body, variant.params)
         if self.runner is not None:
-            return self.runner.stream(variant.pipeline, target, merged, chat)
+            # The runner hands over its result (answer, votes, calls) when the stream ends.
+            return self.runner.stream(
+                variant.pipeline, target, merged, chat, on_result=results.append
+            )
         _require_plain(variant)
         return target.chat_stream(merged)
 

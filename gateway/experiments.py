@@ -21,6 +21,8 @@ from gateway.config import ExperimentSpec, MetricSpec, RouteSpec
 
 Z95 = 1.959963984540054
 SRM_P = 0.001
+#: the feedback name ``gateway eval`` scores offline events with (see offline_runs)
+OFFLINE_METRIC = "correct"
 
 
 @dataclass(frozen=True)
@@ -165,7 +167,55 @@ def analyse(
         "comparisons": comparisons,
         "sample_ratio": srm,
         "verdict": _verdict(control, experiment, variants, comparisons, srm, promoted),
+        "offline": offline_runs(route, events, feedback),
     }
+
+
+def offline_runs(
+    route: str, events: Sequence[dict[str, Any]], feedback: Sequence[dict[str, Any]]
+) -> list[dict[str, Any]]:
+    """The route's offline evaluations (``gateway eval``), newest first, per variant.
+
+    Accuracy is the share of scored calls that were correct (``OFFLINE_METRIC`` feedback);
+    calls that failed are counted as errors. The run's own report.json is the full result.
+    """
+    scores = {
+        row["inference_id"]: float(row["value"])
+        for row in sorted(feedback, key=lambda r: r["ts"])
+        if row["name"] == OFFLINE_METRIC and row.get("value") is not None
+    }
+    runs: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for event in events:
+        offline = event.get("source") == "offline" and event.get("run_id")
+        # Cancelled calls are the ones in flight when a run was interrupted: not results.
+        if offline and event.get("route") == route and event.get("status") != "cancelled":
+            runs[event["run_id"]].append(event)
+    out = []
+    for run_id, rows in runs.items():
+        by_variant: dict[str, list[dict[str, Any]]] = defaultdict(list)
+        for row in rows:
+            by_variant[row["variant"]].append(row)
+        variants = {}
+        for name, calls in by_variant.items():
+            ok = [r for r in calls if r["status"] == "ok"]
+            scored = [scores[r["id"]] for r in ok if r["id"] in scores]
+            latencies = [float(r["latency_ms"]) for r in ok if r.get("latency_ms") is not None]
+            variants[name] = {
+                "n": len(calls),
+                "errors": len(calls) - len(ok),
+                "accuracy": wilson(int(sum(scored)), len(scored)).as_dict(),
+                "latency_ms": {
+                    "p50": percentile(latencies, 0.5),
+                    "p95": percentile(latencies, 0.95),
+                },
+                "prompt_tokens": _mean(r.get("prompt_tokens") for r in ok),
+                "completion_tokens": _mean(r.get("completion_tokens") for r in ok),
+                "calls": _mean(r.get("calls") for r in ok),
+                "cost": _mean(r.get("cost") for r in ok),
+            }
+        started = min(float(r["ts"]) for r in rows)
+        out.append({"run_id": run_id, "started": started, "variants": variants})
+    return sorted(out, key=lambda run: run["started"], reverse=True)
 
 
 def _metric_values(

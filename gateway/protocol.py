@@ -61,6 +61,41 @@ class ResponseFormat(BaseModel):
         return self
 
 
+_OPTION_LETTERS = "ABCDEFGHIJ"
+_PIPELINE_NAME = r"^[a-z0-9][a-z0-9_-]{0,63}$"
+
+
+class SwitchboardExtension(BaseModel):
+    """The request extension ``"switchboard": {...}``: Switchboard's own fields, never sent on.
+
+    ``pipeline`` picks a pipeline when the client calls a model or adapter directly (a route's
+    variants choose their own). ``question`` and ``options`` give a multiple-choice question
+    structured, instead of leaving the pipeline to find it in the last user message.
+    """
+
+    # Forbid: a misspelt field here must be a 400, not silently ignored.
+    model_config = ConfigDict(extra="forbid", strict=True)
+    pipeline: str | None = Field(default=None, pattern=_PIPELINE_NAME)
+    question: str | None = Field(default=None, min_length=1, max_length=100_000)
+    options: dict[str, str] | None = None
+
+    @model_validator(mode="after")
+    def _lettered_options(self) -> SwitchboardExtension:
+        if self.options is None:
+            if self.question is not None:
+                raise ValueError("switchboard.question: needs 'options' beside it")
+            return self
+        expected = list(_OPTION_LETTERS[: len(self.options)])
+        if not 2 <= len(self.options) <= len(_OPTION_LETTERS) or list(self.options) != expected:
+            raise ValueError(
+                "switchboard.options: 2 to 10 options lettered A, B, C, ... in order, "
+                'e.g. {"A": "...", "B": "..."}'
+            )
+        if not all(text.strip() for text in self.options.values()):
+            raise ValueError("switchboard.options: every option needs a non-empty text")
+        return self
+
+
 class ChatCompletionRequest(BaseModel):
     """POST /v1/chat/completions. Unknown fields are allowed and passed to the engine."""
 
@@ -83,6 +118,8 @@ class ChatCompletionRequest(BaseModel):
     logprobs: bool | None = None
     top_logprobs: int | None = Field(default=None, ge=0, le=20)
     logit_bias: dict[str, float] | None = None
+    #: Switchboard's extension; pipelines strip it before anything goes to an engine
+    switchboard: SwitchboardExtension | None = None
 
     @model_validator(mode="after")
     def _consistent(self) -> ChatCompletionRequest:

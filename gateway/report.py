@@ -72,10 +72,53 @@ def comparison_rows(report: dict[str, Any]) -> tuple[list[str], list[list[str]]]
     return header, rows
 
 
+def offline_rows(report: dict[str, Any]) -> tuple[str, list[str], list[list[str]]] | None:
+    """The latest offline evaluation (``gateway eval``) beside the live figures, per variant."""
+    runs = report.get("offline") or []
+    if not runs:
+        return None
+    latest = runs[0]
+    metrics = sorted({m for v in report["variants"].values() for m in v["metrics"]})
+    online = "correct" if "correct" in metrics else next(iter(metrics), None)
+    header = [
+        "variant",
+        "online n",
+        f"online {online or 'metric'} [95% CI]",
+        "online p50 ms",
+        "online cost",
+        "offline n",
+        "offline accuracy [95% CI]",
+        "offline p50 ms",
+        "offline cost",
+    ]
+    rows = []
+    for name in dict.fromkeys([*report["variants"], *latest["variants"]]):
+        live = report["variants"].get(name)
+        off = latest["variants"].get(name)
+        rows.append(
+            [
+                name,
+                str(live["n"]) if live else "-",
+                _interval(live["metrics"][online]) if live and online else "-",
+                _num(live["latency_ms"]["p50"]) if live else "-",
+                _num(live["cost"]) if live else "-",
+                str(off["n"]) if off else "-",
+                _interval(off["accuracy"]) if off else "-",
+                _num(off["latency_ms"]["p50"]) if off else "-",
+                _num(off["cost"]) if off else "-",
+            ]
+        )
+    earlier = f"; earlier runs: {', '.join(r['run_id'] for r in runs[1:])}" if runs[1:] else ""
+    return f"Offline run {latest['run_id']} and online traffic{earlier}", header, rows
+
+
 def print_table(report: dict[str, Any], console: Console) -> None:
+    side_by_side = offline_rows(report)
+    extra = [(side_by_side[0], (side_by_side[1], side_by_side[2]))] if side_by_side else []
     for title, (header, rows) in (
         (f"Route {report['route']}", variant_rows(report)),
         (f"Against the control '{report['control']}'", comparison_rows(report)),
+        *extra,
     ):
         table = Table(title=title)
         for column in header:
@@ -103,9 +146,17 @@ def to_html(reports: list[dict[str, Any]]) -> str:
     ]
     for report in reports:
         parts.append(f"<h2>Route {html.escape(report['route'])}</h2>")
-        for header, rows in (variant_rows(report), comparison_rows(report)):
+        side_by_side = offline_rows(report)
+        extra = [side_by_side] if side_by_side else []
+        for caption, header, rows in (
+            ("", *variant_rows(report)),
+            ("", *comparison_rows(report)),
+            *extra,
+        ):
             parts.append(
-                "<table><tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in header) + "</tr>"
+                f"<table><caption>{html.escape(caption)}</caption><tr>"
+                + "".join(f"<th>{html.escape(h)}</th>" for h in header)
+                + "</tr>"
             )
             for row in rows:
                 parts.append("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>")

@@ -14,9 +14,11 @@ from gateway.settings import Settings
 from gateway.targets import Target, base_target
 
 if TYPE_CHECKING:
+    from gateway.adapter_serving import AdapterServing
     from gateway.dispatch import Dispatcher
     from gateway.events import EventLog
     from gateway.metrics import Metrics
+    from gateway.pipelines.runner import PipelineRunner
     from gateway.routing import Router
 
 
@@ -30,17 +32,24 @@ class GatewayState:
     metrics: Metrics
     # Set right after construction: the dispatcher resolves targets through this state.
     dispatcher: Dispatcher | None = None
+    adapters: AdapterServing | None = None
+    #: prompt pipelines, loaded and compiled at startup
+    runner: PipelineRunner | None = None
 
     def target_names(self) -> set[str]:
         """Every name a variant or a client may use as a target."""
-        return set(self.engines)
+        adapters = self.adapters.names() if self.adapters is not None else []
+        return set(self.engines) | set(adapters)
 
     def target_for(self, name: str) -> Target:
-        """The target a client's ``model`` names: a base model (adapters join later)."""
+        """The target a client's ``model`` names: a base model or an adapter."""
         engine = self.engines.get(name)
-        if engine is None:
+        if engine is not None:
+            return base_target(name, engine)
+        target = self.adapters.target(name) if self.adapters is not None else None
+        if target is None:
             raise ModelNotFoundError(name)
-        return base_target(name, engine)
+        return target
 
 
 def require_dispatcher(state: GatewayState) -> Dispatcher:

@@ -2,37 +2,62 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Literal
 
 from fastapi import APIRouter, Depends
+from pydantic import BaseModel
 
 from gateway.api.deps import GatewayState, get_state
 from gateway.errors import ModelNotFoundError
-from gateway.protocol import ErrorResponse, ModelCard, ModelList
+from gateway.protocol import ErrorResponse, ModelCard
 
 router = APIRouter()
 
 
-def _cards(state: GatewayState) -> dict[str, ModelCard]:
-    return {
-        name: ModelCard(id=name, root=engine.upstream_model)
+class ServedModelCard(ModelCard):
+    """OpenAI's model object; for an adapter also whether vLLM has it loaded now."""
+
+    loaded: bool | None = None
+
+
+class ServedModelList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[ServedModelCard]
+
+
+def _cards(state: GatewayState) -> dict[str, ServedModelCard]:
+    cards = {
+        name: ServedModelCard(id=name, root=engine.upstream_model)
         for name, engine in state.engines.items()
     }
+    adapters = state.adapters
+    if adapters is not None:
+        for adapter in adapters.registry.all():
+            adapter_state = adapters.state(adapter.name)
+            if adapter_state == "unloaded":
+                continue  # taken out of service by an admin: not callable, so not listed
+            cards[adapter.name] = ServedModelCard(
+                id=adapter.name,
+                root=adapter.name,
+                parent=adapter.base_model,
+                loaded=adapter_state == "loaded",
+            )
+    return cards
 
 
-@router.get("/v1/models", response_model=ModelList)
-async def list_models(state: Annotated[GatewayState, Depends(get_state)]) -> ModelList:
-    return ModelList(data=list(_cards(state).values()))
+@router.get("/v1/models", response_model=ServedModelList)
+async def list_models(state: Annotated[GatewayState, Depends(get_state)]) -> ServedModelList:
+    return ServedModelList(data=list(_cards(state).values()))
 
 
 @router.get(
     "/v1/models/{model_id:path}",
-    response_model=ModelCard,
+    response_model=ServedModelCard,
     responses={404: {"model": ErrorResponse}},
 )
 async def retrieve_model(
     model_id: str, state: Annotated[GatewayState, Depends(get_state)]
-) -> ModelCard:
+) -> ServedModelCard:
     card = _cards(state).get(model_id)
     if card is None:
         raise ModelNotFoundError(model_id)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any
 
 import httpx
@@ -53,6 +53,8 @@ class VLLMEngine:
         self._timeout_s = timeout_s
         self._client: httpx.AsyncClient | None = None
         self._transport = transport  # a test seam for fault injection
+        #: told the ``model`` of a request vLLM answered 404 for (an adapter it lost)
+        self.on_model_missing: Callable[[str], None] | None = None
 
     # -- lifecycle ------------------------------------------------------------------------------
 
@@ -103,6 +105,7 @@ class VLLMEngine:
         except httpx.HTTPError as exc:
             raise self._transport_error(exc) from None
         if resp.status_code != 200:
+            self._check_missing(resp.status_code, body)
             raise upstream_error(self.model_id, resp.status_code, resp.content, resp.headers)
         result: dict[str, Any] = orjson.loads(resp.content)
         return result
@@ -122,6 +125,7 @@ class VLLMEngine:
         try:
             if resp.status_code != 200:
                 await resp.aread()
+                self._check_missing(resp.status_code, body)
                 raise upstream_error(self.model_id, resp.status_code, resp.content, resp.headers)
             try:
                 async for chunk in resp.aiter_raw():
@@ -130,6 +134,59 @@ class VLLMEngine:
                 raise self._transport_error(exc) from None
         finally:
             await resp.aclose()
+
+    # -- LoRA adapters (vLLM's runtime API: VLLM_ALLOW_RUNTIME_LORA_UPDATING=True) --------------
+
+    @property
+    def generation(self) -> int:
+        """Changes when the launched vLLM was restarted (and so lost runtime-loaded adapters)."""
+        return self.supervisor.restarts if self.supervisor is not None else 0
+
+    async def load_lora(self, name: str, path: str) -> None:
+        """Load a LoRA into every vLLM behind this engine; one that has it already counts."""
+        for url in self._all_urls():
+            resp = await self._lora_post(url, "load", {"lora_name": name, "lora_path": path})
+            # vLLM answers 400 for a name it has (e.g. a gateway restarted beside it).
+            if resp.status_code == 200 or (
+                resp.status_code == 400 and name in await self._served_names(url)
+            ):
+                continue
+            raise lora_error(self.model_id, "load", name, resp)
+
+    async def unload_lora(self, name: str) -> None:
+        """Unload a LoRA from every vLLM behind this engine; one that lacks it counts."""
+        for url in self._all_urls():
+            resp = await self._lora_post(url, "unload", {"lora_name": name})
+            if resp.status_code not in (200, 404):
+                raise lora_error(self.model_id, "unload", name, resp)
+
+    async def _lora_post(self, url: str, verb: str, body: dict[str, str]) -> httpx.Response:
+        client = self._require_client()
+        try:
+            async with asyncio.timeout(self._timeout_s):
+                return await client.post(
+                    f"{url}/v1/{verb}_lora_adapter",
+                    content=orjson.dumps(body),
+                    headers=self._headers,
+                )
+        except TimeoutError:
+            raise self._timeout() from None
+        except httpx.HTTPError as exc:
+            raise self._transport_error(exc) from None
+
+    async def _served_names(self, url: str) -> set[str]:
+        try:
+            resp = await self._require_client().get(f"{url}/v1/models", headers=self._headers)
+            return {str(card.get("id")) for card in orjson.loads(resp.content).get("data", [])}
+        except (httpx.HTTPError, orjson.JSONDecodeError, AttributeError):
+            return set()
+
+    def _all_urls(self) -> list[str]:
+        return [self._base_url()] if self.supervisor is not None else list(self._urls)
+
+    def _check_missing(self, status: int, body: dict[str, Any]) -> None:
+        if status == 404 and self.on_model_missing is not None:
+            self.on_model_missing(str(body.get("model")))
 
     # -- helpers --------------------------------------------------------------------------------
 
@@ -180,6 +237,15 @@ def upstream_error(
     if status == 404:
         return EngineError(f"the engine for '{model_id}' does not serve it: {message}")
     return EngineError(f"the engine for '{model_id}' failed with HTTP {status}: {message}")
+
+
+def lora_error(model_id: str, verb: str, name: str, resp: httpx.Response) -> EngineError:
+    """vLLM refused to (un)load an adapter: the gateway's setup is wrong, not the request."""
+    message = _upstream_message(resp.content) or f"HTTP {resp.status_code}"
+    return EngineError(
+        f"the engine for '{model_id}' could not {verb} adapter '{name}': {message}",
+        code="adapter_load_failed",
+    )
 
 
 def _upstream_message(content: bytes) -> str | None:

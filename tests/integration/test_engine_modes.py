@@ -75,5 +75,5 @@ async def test_litellm_engine_through_the_api(litellm_client: openai.AsyncOpenAI
     assert joined == whole.choices[0].message.content
     with pytest.raises(openai.BadRequestError):
         await litellm_client.chat.completions.create(
-            model="hosted", messages=[{"role": "user", "content": "w " * 3000}], max_tokens=2000
+            model="hosted", messages=[{"role": "user", "content": "w " * 6000}], max_tokens=16
         )

@@ -1,0 +1,1 @@
+"""Prompt pipelines: parse, retrieve, render, generate, vote (see runner.py)."""
