@@ -223,10 +223,10 @@ def write_adapter(
 
 def _clean_peft_files(folder: Path, manifest: AdapterManifest) -> None:
     """No machine paths in what gets shared: peft records the local base folder."""
-    config_path = folder / "adapter_config.json"
+    config_path = folder / PEFT_CONFIG
     config = json.loads(config_path.read_text("utf-8"))
-    assert manifest.training is not None
-    config["base_model_name_or_path"] = manifest.training.base_source
+    training = manifest.training
+    config["base_model_name_or_path"] = training.base_source if training else manifest.base_model
     config_path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", "utf-8")
     # peft's model card template repeats the local path; the manifest describes the adapter.
     (folder / "README.md").unlink(missing_ok=True)

@@ -1,9 +1,9 @@
-"""The adapter registry: LoRA adapters on disk, their manifests, and their validation.
+"""The adapter registry: the folders adapters are read from, names, and checks against a config.
 
-An adapter is a folder ``<registry folder>/<name>/`` holding ``adapter.yaml`` (the manifest)
-beside the peft files (``adapter_config.json``, ``adapter_model.safetensors``), or a manifest
-whose ``weights`` key points at the folder where large weights live. ``gateway.yaml`` lists
-the registry folders under ``adapters.folders``.
+An adapter is a folder ``<registry folder>/<name>/`` (``adapter_manifest.py`` reads one);
+``gateway.yaml`` lists the registry folders under ``adapters.folders``. Each adapter must be
+servable by the config: its base a vLLM model launched with LoRA enabled, its rank within
+``--max-lora-rank``, trained on the weights the config serves.
 
 Names are the only handle a client has: they match ``ADAPTER_NAME`` (no slashes, no leading
 dot), are looked up in the registry folders only, and a folder that resolves outside its

@@ -10,6 +10,7 @@ from fastapi import APIRouter, Depends, Request, Response
 from fastapi.responses import StreamingResponse
 from pydantic import ValidationError
 
+from gateway.api.bodies import invalid_from_validation, json_body, parse_json_object
 from gateway.api.deps import GatewayState, get_state, require_dispatcher
 from gateway.config import LimitsSpec
 from gateway.errors import GatewayError, InvalidRequestError
@@ -28,12 +29,7 @@ _ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
 @router.post(
     "/v1/chat/completions",
     responses=_ERROR_RESPONSES,
-    openapi_extra={
-        "requestBody": {
-            "required": True,
-            "content": {"application/json": {"schema": ChatCompletionRequest.model_json_schema()}},
-        }
-    },
+    openapi_extra=json_body(ChatCompletionRequest),
 )
 async def create_chat_completion(
     request: Request, state: Annotated[GatewayState, Depends(get_state)]
@@ -62,50 +58,11 @@ async def create_chat_completion(
     return Response(orjson.dumps(result), media_type="application/json", headers=headers)
 
 
-def parse_json_object(raw: bytes) -> dict[str, Any]:
-    try:
-        body = orjson.loads(raw)
-    except orjson.JSONDecodeError as exc:
-        raise InvalidRequestError(f"The request body is not valid JSON: {exc}") from None
-    if not isinstance(body, dict):
-        raise InvalidRequestError("The request body must be a JSON object.")
-    return body
-
-
 def validate_request(body: dict[str, Any]) -> ChatCompletionRequest:
     try:
         return ChatCompletionRequest.model_validate(body)
     except ValidationError as exc:
         raise invalid_from_validation(exc) from None
-
-
-def invalid_from_validation(exc: ValidationError) -> InvalidRequestError:
-    """The first pydantic error as OpenAI's 400, with ``param`` naming the field."""
-    err = exc.errors(include_url=False)[0]
-    param = _param_path(err["loc"])
-    message = str(err["msg"]).removeprefix("Value error, ")
-    if param is None and ": " in message:
-        # Cross-field checks say which field they are about before the colon.
-        param = message.split(": ", 1)[0]
-    where = f"'{param}': " if param else ""
-    more = f" (and {exc.error_count() - 1} more problems)" if exc.error_count() > 1 else ""
-    return InvalidRequestError(f"Invalid request: {where}{message}{more}", param=param)
-
-
-_UNION_TAGS = frozenset({"str", "int", "float", "bool", "none", "dict", "list"})
-
-
-def _param_path(loc: tuple[int | str, ...]) -> str | None:
-    path = ""
-    for part in loc:
-        if isinstance(part, int):
-            path += f"[{part}]"
-        elif "[" in part or part in _UNION_TAGS:
-            # pydantic names union branches in the location; they are not the client's keys
-            continue
-        else:
-            path += f".{part}" if path else part
-    return path or None
 
 
 def check_limits(chat: ChatCompletionRequest, limits: LimitsSpec) -> None:

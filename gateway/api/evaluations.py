@@ -11,9 +11,9 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
-from gateway.api.chat import invalid_from_validation, parse_json_object
+from gateway.api.bodies import read_model
 from gateway.api.deps import GatewayState, get_state
 from gateway.errors import InvalidRequestError, NotFoundError
 from gateway.eval_backends import call_variant, record_score, route_variants
@@ -43,13 +43,6 @@ class EvalScoreRequest(BaseModel):
     correct: bool
 
 
-async def _body(request: Request, model: type[BaseModel]) -> Any:
-    try:
-        return model.model_validate(parse_json_object(await request.body()))
-    except ValidationError as exc:
-        raise invalid_from_validation(exc) from None
-
-
 @router.get("/v1/evaluations/routes/{name}", responses=_ERRORS)
 async def describe_route(
     name: str, state: Annotated[GatewayState, Depends(get_state)]
@@ -64,7 +57,7 @@ async def evaluation_call(
     request: Request, state: Annotated[GatewayState, Depends(get_state)]
 ) -> dict[str, Any]:
     """One item on one variant; a failing variant is an ``error`` outcome, not an HTTP error."""
-    body: EvalCallRequest = await _body(request, EvalCallRequest)
+    body: EvalCallRequest = await read_model(request, EvalCallRequest)
     outcome = await call_variant(state, body.route, body.variant, body.request, body.run_id)
     return outcome.to_json()
 
@@ -74,7 +67,7 @@ async def evaluation_score(
     request: Request, state: Annotated[GatewayState, Depends(get_state)]
 ) -> JSONResponse:
     """The scorer's verdict on one offline call, stored as its ``correct`` feedback."""
-    body: EvalScoreRequest = await _body(request, EvalScoreRequest)
+    body: EvalScoreRequest = await read_model(request, EvalScoreRequest)
     event = await state.events.get_event(body.inference_id)
     if event is None:
         raise NotFoundError(

@@ -7,9 +7,8 @@ import time
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Request
-from pydantic import ValidationError
 
-from gateway.api.chat import invalid_from_validation, parse_json_object
+from gateway.api.bodies import read_model
 from gateway.api.deps import GatewayState, get_state
 from gateway.errors import InvalidRequestError, NotFoundError
 from gateway.experiments import analyse
@@ -46,10 +45,7 @@ async def promote(
     name: str, request: Request, state: Annotated[GatewayState, Depends(get_state)]
 ) -> dict[str, Any]:
     route = _route(state, name)
-    try:
-        body = PromoteRequest.model_validate(parse_json_object(await request.body()))
-    except ValidationError as exc:
-        raise invalid_from_validation(exc) from None
+    body = await read_model(request, PromoteRequest)
     if body.variant not in route.variants:
         raise InvalidRequestError(
             f"Route '{name}' has no variant '{body.variant}'; it has {', '.join(route.variants)}.",

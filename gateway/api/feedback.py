@@ -9,7 +9,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse
 
-from gateway.api.chat import invalid_from_validation, parse_json_object
+from gateway.api.bodies import json_body, read_model
 from gateway.api.deps import GatewayState, get_state
 from gateway.errors import InvalidRequestError, NotFoundError
 from gateway.protocol import ErrorResponse, Feedback, FeedbackRequest
@@ -24,22 +24,12 @@ COMMENT = "comment"
     status_code=201,
     response_model=Feedback,
     responses={400: {"model": ErrorResponse}, 404: {"model": ErrorResponse}},
-    openapi_extra={
-        "requestBody": {
-            "required": True,
-            "content": {"application/json": {"schema": FeedbackRequest.model_json_schema()}},
-        }
-    },
+    openapi_extra=json_body(FeedbackRequest),
 )
 async def create_feedback(
     request: Request, state: Annotated[GatewayState, Depends(get_state)]
 ) -> JSONResponse:
-    from pydantic import ValidationError
-
-    try:
-        feedback = FeedbackRequest.model_validate(parse_json_object(await request.body()))
-    except ValidationError as exc:
-        raise invalid_from_validation(exc) from None
+    feedback = await read_model(request, FeedbackRequest)
     event = await state.events.get_event(feedback.inference_id)
     if event is None:
         raise NotFoundError(

@@ -312,3 +312,34 @@ def test_cli_bad_data_exits_2_naming_the_line(tmp_path: Path) -> None:
         result.output.split()
     )
     assert not (tmp_path / "a").exists()
+
+
+def test_write_adapter_renames_into_place_and_scrubs_local_paths(tmp_path: Path) -> None:
+    from gateway.adapter_manifest import read_adapter
+
+    manifest = AdapterManifest(
+        name="x", base_model="b", rank=8, alpha=16, target_modules=["q_proj"], created="now"
+    )
+
+    def save(folder: str) -> None:
+        config = {"peft_type": "LORA", "r": 8, "lora_alpha": 16, "bias": "none"}
+        config["base_model_name_or_path"] = "/home/someone/models/base"
+        (Path(folder) / "adapter_config.json").write_text(json.dumps(config))
+        (Path(folder) / "adapter_model.safetensors").write_bytes(b"weights")
+        (Path(folder) / "README.md").write_text("base_model: /home/someone/models/base")
+
+    out = tmp_path / "x"
+    write_adapter(out, manifest, save, force=False)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["x"]
+    assert sorted(p.name for p in out.iterdir()) == [
+        "adapter.yaml",
+        "adapter_config.json",
+        "adapter_model.safetensors",
+    ]
+    assert "/home/someone" not in (out / "adapter_config.json").read_text()
+    assert read_adapter(out).manifest == manifest
+    with pytest.raises(FileExistsError):
+        write_adapter(out, manifest, save, force=False)
+    write_adapter(out, manifest.model_copy(update={"description": "new"}), save, force=True)
+    assert read_adapter(out).manifest.description == "new"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["x"]
