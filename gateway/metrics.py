@@ -70,6 +70,8 @@ class Metrics:
                 Gauge(name, doc, registry=self.registry).set_function(read)
 
     def observe(self, event: dict[str, Any]) -> None:
+        if event.get("source") == "offline":
+            return  # evaluation runs are in the event log, not in the live traffic's metrics
         route, variant = event.get("route") or "", event.get("variant") or ""
         shadow = "true" if event.get("shadow") else "false"
         self.requests.labels(route, variant, event["status"], shadow).inc()

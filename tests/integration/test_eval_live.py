@@ -14,12 +14,14 @@ import sys
 import time
 from pathlib import Path
 
+import httpx
 import pytest
 from typer.testing import CliRunner
 
 from gateway.cli import app
 from gateway.datasets import import_mmlu, select, write_items
 from gateway.engines.supervisor import free_port
+from tests.conftest import RunningGateway
 
 pytestmark = pytest.mark.slow
 
@@ -153,3 +155,23 @@ def test_ctrl_c_leaves_a_valid_partial_result_and_the_rerun_finishes(
         ids = [json.loads(line)["item"] for line in lines]
         # Every item once: the rerun ran only what the interrupted run had not finished.
         assert len(ids) == len(set(ids)) == 4
+
+
+def test_eval_with_url_on_the_served_embedded_default(
+    gateway_server: RunningGateway, tmp_path: Path
+) -> None:
+    """`--url` against `gateway serve`: the embedded medqa route's adapter variant, two items."""
+    data = tmp_path / "heldout.jsonl"
+    write_items(list(select(import_mmlu(), "heldout"))[:2], data)
+    out = tmp_path / "run"
+    args = ["eval", "--url", gateway_server.url, "--data", str(data), "--route", "medqa"]
+    result = CliRunner().invoke(app, [*args, "--variants", "tuned", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    report = json.loads((out / "report.json").read_text())
+    tuned = report["variants"]["tuned"]
+    assert report["gateway"] == gateway_server.url and tuned["n"] == 2 and tuned["errors"] == 0
+    assert sum(tuned["answers"].values()) == 2 and tuned["calls"] == 1
+    served = httpx.get(f"{gateway_server.url}/v1/experiments/medqa", timeout=30).json()
+    [run] = [r for r in served["offline"] if r["run_id"] == report["run_id"]]
+    assert run["variants"]["tuned"]["n"] == 2
+    assert run["variants"]["tuned"]["accuracy"]["mean"] == tuned["accuracy"]["mean"]
