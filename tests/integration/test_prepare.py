@@ -1,10 +1,18 @@
-"""Preparing the packaged SmolLM2 for real: GGUF -> bf16 safetensors folder, verified."""
+"""Preparing the packaged SmolLM2 for real: GGUF -> bf16 safetensors folder, verified.
+
+Conversions run through `gateway models prepare` in a process of their own, as users run it:
+libraries other tests import in this process (peft, sentence-transformers) change
+transformers' global state, and a verified conversion must not depend on that.
+"""
 
 from __future__ import annotations
 
 import importlib.util
 import io
 import json
+import os
+import subprocess
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,13 +36,26 @@ class Prepared:
     output: str
 
 
+def prepare_cli(home: Path, *flags: str) -> str:
+    """`gateway models prepare` in its own process; its output."""
+    result = subprocess.run(
+        [sys.executable, "-m", "gateway", "models", "prepare", NAME, *flags],
+        env={**os.environ, "GATEWAY_HOME": str(home), "COLUMNS": "120"},
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    return result.stdout + result.stderr
+
+
 @pytest.fixture(scope="module")
 def prepared(tmp_path_factory: pytest.TempPathFactory) -> Prepared:
-    models_dir = tmp_path_factory.mktemp("home") / "models"
-    out = io.StringIO()
+    home = tmp_path_factory.mktemp("home")
     started = time.monotonic()
-    folder = prepare_model(models_dir, NAME, console=Console(file=out, width=120))
-    return Prepared(models_dir, folder, time.monotonic() - started, out.getvalue())
+    output = prepare_cli(home)
+    models_dir = home / "models"
+    return Prepared(models_dir, models_dir / NAME, time.monotonic() - started, output)
 
 
 def test_prepared_folder_is_a_plain_hf_model(prepared: Prepared) -> None:
@@ -88,10 +109,9 @@ def test_force_converts_again(prepared: Prepared) -> None:
     before = marker.stat().st_mtime_ns
     created = json.loads(marker.read_text())["created"]
     time.sleep(1.1)  # `created` has a resolution of one second
-    out = io.StringIO()
-    folder = prepare_model(prepared.models_dir, NAME, force=True, console=Console(file=out))
-    assert folder == prepared.folder
+    output = prepare_cli(prepared.models_dir.parent, "--force")
+    assert f"prepared: {prepared.folder}" in output.replace("\n", "")
     assert marker.stat().st_mtime_ns > before
     assert json.loads(marker.read_text())["created"] > created
-    assert "Prepared smollm2-135m-instruct" in out.getvalue()
+    assert "Prepared smollm2-135m-instruct" in output
     assert sorted(p.name for p in prepared.models_dir.iterdir()) == [f".{NAME}.lock", NAME]
