@@ -27,7 +27,8 @@ from gateway.eval_stats import (
     bootstrap_paired_difference,
     mcnemar,
 )
-from gateway.experiments import percentile
+from gateway.experiments import mean_present, percentile
+from gateway.report import num
 
 Records = dict[str, dict[str, dict[str, Any]]]
 _TEST_NAMES = {"exact binomial": "exact", "chi-square, continuity corrected": "chi2"}
@@ -94,9 +95,9 @@ def _variant(rows: list[dict[str, Any]], *, resamples: int, seed: int) -> dict[s
         },
         "answers": dict(sorted(answers.items())),
         "most_common_answer": {"answer": top, "share": top_count / len(rows) if rows else None},
-        "prompt_tokens": _mean(r.get("prompt_tokens") for r in ok),
-        "completion_tokens": _mean(r.get("completion_tokens") for r in ok),
-        "calls": _mean(r.get("calls") for r in ok),
+        "prompt_tokens": mean_present(r.get("prompt_tokens") for r in ok),
+        "completion_tokens": mean_present(r.get("completion_tokens") for r in ok),
+        "calls": mean_present(r.get("calls") for r in ok),
         "latency_ms": {
             "p50": percentile(latencies, 0.5),
             "p95": percentile(latencies, 0.95),
@@ -136,11 +137,6 @@ def _compare(
     }
 
 
-def _mean(values: Any) -> float | None:
-    present = [float(v) for v in values if v is not None]
-    return sum(present) / len(present) if present else None
-
-
 # -- output -------------------------------------------------------------------------------------
 
 
@@ -159,14 +155,6 @@ def write_reports(out: Path, summary: dict[str, Any], records: Records) -> tuple
         tmp.write_text(text, encoding="utf-8")
         tmp.replace(path)
     return paths
-
-
-def num(value: Any, digits: int = 3) -> str:
-    if value is None:
-        return "-"
-    if isinstance(value, float):
-        return f"{value:.{digits}g}"
-    return str(value)
 
 
 def _ms(value: float | None) -> str:

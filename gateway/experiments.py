@@ -208,10 +208,10 @@ def offline_runs(
                     "p50": percentile(latencies, 0.5),
                     "p95": percentile(latencies, 0.95),
                 },
-                "prompt_tokens": _mean(r.get("prompt_tokens") for r in ok),
-                "completion_tokens": _mean(r.get("completion_tokens") for r in ok),
-                "calls": _mean(r.get("calls") for r in ok),
-                "cost": _mean(r.get("cost") for r in ok),
+                "prompt_tokens": mean_present(r.get("prompt_tokens") for r in ok),
+                "completion_tokens": mean_present(r.get("completion_tokens") for r in ok),
+                "calls": mean_present(r.get("calls") for r in ok),
+                "cost": mean_present(r.get("cost") for r in ok),
             }
         started = min(float(r["ts"]) for r in rows)
         out.append({"run_id": run_id, "started": started, "variants": variants})
@@ -243,9 +243,9 @@ def _variant_figures(
         "errors": int(sum(errors)),
         "error_rate": wilson(int(sum(errors)), len(rows)).as_dict(),
         "latency_ms": {"p50": percentile(latencies, 0.5), "p95": percentile(latencies, 0.95)},
-        "prompt_tokens": _mean(r.get("prompt_tokens") for r in ok),
-        "completion_tokens": _mean(r.get("completion_tokens") for r in ok),
-        "cost": _mean(r.get("cost") for r in ok),
+        "prompt_tokens": mean_present(r.get("prompt_tokens") for r in ok),
+        "completion_tokens": mean_present(r.get("completion_tokens") for r in ok),
+        "cost": mean_present(r.get("cost") for r in ok),
         "metrics": {},
     }
     for name, metric in metrics.items():
@@ -258,7 +258,8 @@ def _variant_figures(
     return figures, sample
 
 
-def _mean(values: Any) -> float | None:
+def mean_present(values: Any) -> float | None:
+    """The mean of the values that are not None; None when there are none."""
     present = [float(v) for v in values if v is not None]
     return sum(present) / len(present) if present else None
 

@@ -9,7 +9,7 @@ from rich.console import Console
 from rich.table import Table
 
 
-def _num(value: Any, digits: int = 3) -> str:
+def num(value: Any, digits: int = 3) -> str:
     if value is None:
         return "-"
     if isinstance(value, float):
@@ -21,8 +21,8 @@ def _interval(estimate: dict[str, Any]) -> str:
     low, high = estimate["ci95"]
     if estimate["mean"] is None:
         return "-"
-    span = f" [{_num(low)}, {_num(high)}]" if low is not None else ""
-    return f"{_num(estimate['mean'])}{span} (n={estimate['n']})"
+    span = f" [{num(low)}, {num(high)}]" if low is not None else ""
+    return f"{num(estimate['mean'])}{span} (n={estimate['n']})"
 
 
 def variant_rows(report: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
@@ -44,14 +44,14 @@ def variant_rows(report: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
         rows.append(
             [
                 name,
-                _num(report["weights"][name]),
+                num(report["weights"][name]),
                 str(figures["n"]),
                 _interval(figures["error_rate"]),
-                _num(figures["latency_ms"]["p50"]),
-                _num(figures["latency_ms"]["p95"]),
-                _num(figures["prompt_tokens"]),
-                _num(figures["completion_tokens"]),
-                _num(figures["cost"]),
+                num(figures["latency_ms"]["p50"]),
+                num(figures["latency_ms"]["p95"]),
+                num(figures["prompt_tokens"]),
+                num(figures["completion_tokens"]),
+                num(figures["cost"]),
                 *(_interval(figures["metrics"][m]) for m in metrics),
             ]
         )
@@ -64,11 +64,9 @@ def comparison_rows(report: dict[str, Any]) -> tuple[list[str], list[list[str]]]
     for c in report["comparisons"]:
         low, high = c["ci95"]
         diff = (
-            "-"
-            if c["difference"] is None
-            else f"{c['difference']:+.4g} [{_num(low)}, {_num(high)}]"
+            "-" if c["difference"] is None else f"{c['difference']:+.4g} [{num(low)}, {num(high)}]"
         )
-        rows.append([c["variant"], c["against"], c["metric"], diff, _num(c["p_value"]), c["test"]])
+        rows.append([c["variant"], c["against"], c["metric"], diff, num(c["p_value"]), c["test"]])
     return header, rows
 
 
@@ -100,12 +98,12 @@ def offline_rows(report: dict[str, Any]) -> tuple[str, list[str], list[list[str]
                 name,
                 str(live["n"]) if live else "-",
                 _interval(live["metrics"][online]) if live and online else "-",
-                _num(live["latency_ms"]["p50"]) if live else "-",
-                _num(live["cost"]) if live else "-",
+                num(live["latency_ms"]["p50"]) if live else "-",
+                num(live["cost"]) if live else "-",
                 str(off["n"]) if off else "-",
                 _interval(off["accuracy"]) if off else "-",
-                _num(off["latency_ms"]["p50"]) if off else "-",
-                _num(off["cost"]) if off else "-",
+                num(off["latency_ms"]["p50"]) if off else "-",
+                num(off["cost"]) if off else "-",
             ]
         )
     earlier = f"; earlier runs: {', '.join(r['run_id'] for r in runs[1:])}" if runs[1:] else ""
@@ -130,7 +128,7 @@ def print_table(report: dict[str, Any], console: Console) -> None:
     if srm:
         console.print(
             f"Sample ratio: observed {srm['observed']}, expected {srm['expected']}, "
-            f"p = {_num(srm['p_value'])}{' MISMATCH' if srm['mismatch'] else ''}"
+            f"p = {num(srm['p_value'])}{' MISMATCH' if srm['mismatch'] else ''}"
         )
     console.print(f"[bold]Verdict:[/bold] {report['verdict']}")
 
