@@ -18,7 +18,9 @@ from gateway.adapter_serving import AdapterServing
 from gateway.adapters import load_registry
 from gateway.api import adapters as adapters_api
 from gateway.api import chat, evaluations, experiments, feedback, health, metrics, models
+from gateway.api.access import scoped
 from gateway.api.deps import GatewayState
+from gateway.auth import KeyRing
 from gateway.config import PACKAGED_PREFIX, GatewayConfig, VLLMModel
 from gateway.dispatch import Dispatcher
 from gateway.engines import Engine, build_engine
@@ -27,6 +29,7 @@ from gateway.events import EventLog
 from gateway.metrics import Metrics
 from gateway.middleware import BodySizeLimit
 from gateway.pipelines.runner import PipelineRunner
+from gateway.ratelimit import ConcurrencyGate
 from gateway.routing import Router, check_routes
 from gateway.settings import Settings
 from gateway.stores import StoreError, open_store
@@ -67,6 +70,8 @@ def create_app(
                 router=Router(config, promotions=await _promotions(events)),
                 metrics=Metrics(events),
                 adapters=adapters,
+                keyring=KeyRing.from_config(config.auth, settings.api_key),
+                gate=ConcurrencyGate(config.limits.max_concurrency),
             )
             app.state.gateway = state
             state.runner = runner
@@ -92,9 +97,13 @@ def create_app(
     )
     app.add_middleware(BodySizeLimit, max_bytes=config.limits.max_body_bytes)
     install_error_handlers(app)
-    routers = (chat, models, health, feedback, experiments, evaluations, metrics, adapters_api)
-    for module in routers:
-        app.include_router(module.router)
+    # Health probes are open; chat checks its key itself, so refusals are logged as events.
+    app.include_router(health.router)
+    app.include_router(chat.router)
+    app.include_router(models.router, dependencies=scoped("inference"))
+    app.include_router(feedback.router, dependencies=scoped("feedback"))
+    for admin in (experiments, evaluations, metrics, adapters_api):
+        app.include_router(admin.router, dependencies=scoped("admin"))
     return app
 
 

@@ -12,13 +12,15 @@ import os
 import secrets
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Literal
 
+from gateway.config import AuthSpec, Scope
 from gateway.errors import AuthenticationError, PermissionDeniedError
+from gateway.ratelimit import Quota
 
-Scope = Literal["inference", "feedback", "admin"]
 SCOPES: tuple[Scope, ...] = ("inference", "feedback", "admin")
 HASH_PREFIX = "sha256:"
+#: the name of the key given by GATEWAY_API_KEY (all scopes)
+ENV_KEY_NAME = "env"
 
 
 def hash_key(key: str) -> str:
@@ -34,6 +36,8 @@ class ApiKey:
     name: str
     key_hash: str
     scopes: frozenset[Scope]
+    #: overrides of the gateway-wide per-key limits (None: use ``limits``)
+    quota: Quota | None = None
 
 
 class KeyRing:
@@ -41,6 +45,23 @@ class KeyRing:
 
     def __init__(self, keys: Iterable[ApiKey]) -> None:
         self._by_hash = {k.key_hash: k for k in keys}
+
+    @classmethod
+    def from_config(cls, spec: AuthSpec, env_key: str | None = None) -> KeyRing:
+        """The configured keys, plus ``env_key`` (GATEWAY_API_KEY) with every scope."""
+        keys = []
+        for key in spec.keys:
+            plain = key_from_env(key.env) if key.env else None
+            key_hash = key.hash or (hash_key(plain) if plain else None)
+            if key_hash is None:  # phase 2 of the config check reports an unset variable
+                continue
+            quota = None
+            if key.requests_per_minute or key.tokens_per_minute:
+                quota = Quota(key.requests_per_minute, key.tokens_per_minute)
+            keys.append(ApiKey(key.name, key_hash, frozenset(key.scopes), quota))
+        if env_key:
+            keys.append(ApiKey(ENV_KEY_NAME, hash_key(env_key), frozenset(SCOPES)))
+        return cls(keys)
 
     @property
     def enabled(self) -> bool:

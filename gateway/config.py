@@ -120,11 +120,84 @@ class ServerSpec(_Spec):
 
 
 class LimitsSpec(_Spec):
-    """Bounds on what one request may ask for; over them is a 400 (or 413 for the body)."""
+    """Bounds on what one request may ask for, and on how much traffic the gateway takes.
+
+    Over a request bound is a 400 (413 for the body); over a rate a 429 with Retry-After; over
+    the concurrency limit a 503 with Retry-After, at once, instead of an unbounded queue.
+    """
 
     max_body_bytes: int = Field(default=1_048_576, gt=0)
     max_n: int = Field(default=8, ge=1)
     max_tokens: int = Field(default=4096, ge=1)
+    max_messages: int = Field(default=256, ge=1)
+    max_chars: int = Field(default=400_000, ge=1, description="all messages' text together")
+    max_concurrency: int | None = Field(
+        default=512, ge=1, description="chat requests in flight (streams until they end)"
+    )
+    requests_per_minute: float | None = Field(
+        default=None, gt=0, description="per API key (per client address without keys)"
+    )
+    tokens_per_minute: float | None = Field(
+        default=None, gt=0, description="per API key: prompt and completion tokens"
+    )
+
+
+class ReliabilitySpec(_Spec):
+    """Deadlines, retries and cooldowns: see docs/operations.md."""
+
+    deadline_s: float = Field(default=600.0, gt=0, description="one request, all attempts")
+    stream_gap_s: float = Field(
+        default=60.0, gt=0, description="a stream with no chunk for this long has stalled"
+    )
+    max_attempts: int = Field(default=3, ge=1, description="first try, retries and fallbacks")
+    retry_budget: float = Field(
+        default=0.2, ge=0, le=1, description="retries as a share of requests (10 in reserve)"
+    )
+    max_retry_after_s: float = Field(
+        default=5.0, ge=0, description="longest upstream Retry-After the gateway waits out"
+    )
+    cooldown_failures: int = Field(
+        default=5, ge=1, description="consecutive retryable failures that cool a variant down"
+    )
+    cooldown_s: float = Field(default=30.0, gt=0)
+    drain_timeout_s: float = Field(
+        default=30.0, ge=0, description="on SIGTERM, how long in-flight requests may finish"
+    )
+
+
+Scope = Literal["inference", "feedback", "admin"]
+
+
+class KeySpec(_Spec):
+    """One API key: its SHA-256 hash (``gateway keys hash``) or the variable that holds it."""
+
+    name: str = Field(min_length=1, max_length=64)
+    hash: str | None = Field(default=None, pattern=r"^sha256:[0-9a-f]{64}$")
+    env: str | None = Field(default=None, description="environment variable holding the key")
+    scopes: list[Scope] = Field(default=["inference", "feedback"], min_length=1)
+    requests_per_minute: float | None = Field(default=None, gt=0, description="overrides limits")
+    tokens_per_minute: float | None = Field(default=None, gt=0, description="overrides limits")
+
+    @model_validator(mode="after")
+    def _hash_xor_env(self) -> KeySpec:
+        if (self.hash is None) == (self.env is None):
+            raise ValueError("set exactly one of 'hash' (sha256:...) or 'env' (a variable name)")
+        return self
+
+
+class AuthSpec(_Spec):
+    """API keys. None configured (and no GATEWAY_API_KEY): authentication is off."""
+
+    keys: list[KeySpec] = Field(default_factory=list)
+
+    @field_validator("keys")
+    @classmethod
+    def _unique_names(cls, keys: list[KeySpec]) -> list[KeySpec]:
+        names = [k.name for k in keys]
+        for name in names:
+            if names.count(name) > 1:
+                raise ValueError(f"key name '{name}' is used twice; names must be unique")
+        return keys
 
 
 class SamplingSpec(_Spec):
@@ -233,6 +306,8 @@ class PipelinesSpec(_Spec):
 class GatewayConfig(_Spec):
     server: ServerSpec = Field(default_factory=ServerSpec)
     limits: LimitsSpec = Field(default_factory=LimitsSpec)
+    reliability: ReliabilitySpec = Field(default_factory=ReliabilitySpec)
+    auth: AuthSpec = Field(default_factory=AuthSpec)
     models: dict[str, ModelSpec] = Field(min_length=1)
     routes: dict[str, RouteSpec] = Field(default_factory=dict)
     events: EventsSpec = Field(default_factory=EventsSpec)
@@ -355,6 +430,12 @@ def resolve_config(config: GatewayConfig, source: str, *, config_dir: Path | Non
                         f"{key}.launch.model: folder {folder} does not exist. "
                         "Fix: point it at a model folder, or use a model hub id."
                     )
+    for i, key_spec in enumerate(config.auth.keys):
+        if key_spec.env and not os.environ.get(key_spec.env):
+            problems.append(
+                f"auth.keys[{i}].env: environment variable {key_spec.env} (key "
+                f"'{key_spec.name}') is not set. Fix: export {key_spec.env}=... or use 'hash'."
+            )
     from gateway.adapters import config_check_problems
 
     problems += config_check_problems(config)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import random
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Mapping
@@ -18,10 +19,19 @@ from typing import Any, Protocol
 import orjson
 
 from gateway.config import GatewayConfig, SamplingSpec
-from gateway.errors import EngineError, GatewayError, InvalidRequestError
+from gateway.errors import (
+    DeadlineExceededError,
+    EngineError,
+    EngineUnavailableError,
+    GatewayError,
+    InvalidRequestError,
+    StreamStalledError,
+    UpstreamRateLimitedError,
+)
 from gateway.events import EventLog
 from gateway.metrics import Metrics
 from gateway.protocol import ChatCompletionRequest
+from gateway.retries import Cooldowns, RetryBudget
 from gateway.routing import Assignment, Router, Variant
 from gateway.targets import Target
 
@@ -70,6 +80,19 @@ def new_inference_id() -> str:
     return f"inf-{uuid.uuid4().hex}"
 
 
+@dataclass
+class RequestContext:
+    """One client request across its attempts: its deadline and the tokens it used."""
+
+    #: the event loop's clock (``loop.time()``) when the whole request must be done
+    deadline: float
+    #: prompt and completion tokens of every attempt, for the per-key token rate limit
+    tokens: int = 0
+
+    def remaining_s(self) -> float:
+        return self.deadline - asyncio.get_running_loop().time()
+
+
 class Dispatcher:
     def __init__(
         self,
@@ -87,6 +110,11 @@ class Dispatcher:
         self.events = events
         self.metrics = metrics
         self.runner = runner
+        self.reliability = config.reliability
+        self.budget = RetryBudget(config.reliability.retry_budget)
+        self.cooldowns = Cooldowns(
+            config.reliability.cooldown_failures, config.reliability.cooldown_s
+        )
         self._shadows: set[asyncio.Task[None]] = set()
 
     # -- planning -------------------------------------------------------------------------------
@@ -111,35 +139,121 @@ class Dispatcher:
             return [assignment.variant]
         return [assignment.variant, *route.fallbacks(assignment.variant)]
 
+    def schedule(self, assignment: Assignment) -> list[Variant]:
+        """The variants to try, in order, at most ``max_attempts``.
+
+        The assigned variant, then its fallbacks, skipping variants that cool down; once the
+        fallbacks run out, the last one is tried again. All cooling: a 503 at once.
+        """
+        candidates = self.attempts(assignment)
+        ready = [v for v in candidates if not self.cooldowns.remaining_s(_cool_key(assignment, v))]
+        if not ready:
+            wait = min(self.cooldowns.remaining_s(_cool_key(assignment, v)) for v in candidates)
+            raise EngineUnavailableError(
+                f"'{assignment.variant.target}' failed repeatedly and cools down; "
+                f"retry in {wait:.0f} s.",
+                retry_after_s=max(1, round(wait)),
+                code="cooling_down",
+            )
+        tries = self.reliability.max_attempts
+        return (ready + [ready[-1]] * tries)[:tries]
+
+    def new_context(self) -> RequestContext:
+        loop = asyncio.get_running_loop()
+        return RequestContext(deadline=loop.time() + self.reliability.deadline_s)
+
+    async def _before_retry(
+        self, error: GatewayError, attempt: int, ctx: RequestContext, same_variant: bool
+    ) -> bool:
+        """Whether to try again after ``error``; waits out a backoff or Retry-After first."""
+        if not _retryable(error):
+            return False
+        wait = 0.0
+        if isinstance(error, UpstreamRateLimitedError) and error.retry_after_s is not None:
+            if error.retry_after_s > self.reliability.max_retry_after_s:
+                return False
+            wait = error.retry_after_s
+        elif same_variant:
+            # The same engine again: back off a little (jittered) so a restarting engine is
+            # not hammered in lockstep by every waiting request.
+            wait = random.uniform(0.5, 1.0) * min(2.0, 0.1 * 2 ** (attempt - 1))
+        if wait >= ctx.remaining_s() or not self.budget.withdraw():
+            return False
+        if wait:
+            await asyncio.sleep(wait)
+        return True
+
+    def _outcome(
+        self, assignment: Assignment, variant: Variant, error: GatewayError | None
+    ) -> None:
+        key = _cool_key(assignment, variant)
+        if error is None:
+            self.cooldowns.success(key)
+        elif _retryable(error) and self.cooldowns.failure(key):
+            log.warning(
+                "variant %s failed %d times in a row; it cools down for %g s",
+                key, self.cooldowns.threshold, self.cooldowns.cooldown_s,
+            )  # fmt: skip
+
     # -- non-streaming --------------------------------------------------------------------------
 
     async def complete(
-        self, chat: ChatCompletionRequest, body: dict[str, Any], headers: Mapping[str, str]
+        self,
+        chat: ChatCompletionRequest,
+        body: dict[str, Any],
+        headers: Mapping[str, str],
+        ctx: RequestContext | None = None,
     ) -> tuple[dict[str, Any], dict[str, str]]:
+        ctx = ctx or self.new_context()
         assignment = self.plan(chat, headers)
+        self.budget.deposit()
         self._start_shadows(assignment, chat, body)
-        variants = self.attempts(assignment)
-        previous: str | None = None
-        for attempt, variant in enumerate(variants):
+        schedule = self.schedule(assignment)
+        previous = _skipped(assignment, schedule)
+        for attempt, variant in enumerate(schedule):
             event = self._event(assignment, variant, attempt, previous, stream=False)
             try:
-                result = await self._run(variant, chat, body)
+                result = await self._attempt(variant, chat, body, ctx)
             except GatewayError as exc:
-                self._finish(event, error=exc)
-                if _retryable(exc) and attempt + 1 < len(variants):
+                self._finish(event, error=exc, ctx=ctx)
+                self._outcome(assignment, variant, exc)
+                last = attempt + 1 == len(schedule)
+                same = not last and schedule[attempt + 1] is variant
+                if not last and await self._before_retry(exc, attempt + 1, ctx, same):
                     previous = variant.name
-                    log.warning("variant %s failed (%s); falling back", variant.name, exc.message)
+                    log.warning("variant %s failed (%s); trying again", variant.name, exc.message)
                     continue
                 exc.headers.update(_headers(event))
                 raise
             except asyncio.CancelledError:
-                self._finish(event, cancelled=True)
+                self._finish(event, cancelled=True, ctx=ctx)
                 raise
-            self._finish(event, result=result)
+            self._finish(event, result=result, ctx=ctx)
+            self._outcome(assignment, variant, None)
             response = result.response
             response["switchboard"] = {**response.get("switchboard", {}), **_extension(event)}
             return response, _headers(event)
         raise AssertionError("unreachable: the last attempt returns or raises")
+
+    async def _attempt(
+        self,
+        variant: Variant,
+        chat: ChatCompletionRequest,
+        body: dict[str, Any],
+        ctx: RequestContext,
+    ) -> PipelineResultLike:
+        try:
+            async with asyncio.timeout_at(ctx.deadline) as scope:
+                return await self._run(variant, chat, body)
+        except TimeoutError:
+            if scope.expired():
+                raise self._deadline_error() from None
+            raise
+
+    def _deadline_error(self) -> DeadlineExceededError:
+        return DeadlineExceededError(
+            f"The request did not finish within its deadline of {self.reliability.deadline_s:g} s."
+        )
 
     async def run_variant(
         self,
@@ -175,33 +289,55 @@ class Dispatcher:
     # -- streaming ------------------------------------------------------------------------------
 
     async def stream(
-        self, chat: ChatCompletionRequest, body: dict[str, Any], headers: Mapping[str, str]
+        self,
+        chat: ChatCompletionRequest,
+        body: dict[str, Any],
+        headers: Mapping[str, str],
+        ctx: RequestContext | None = None,
     ) -> tuple[AsyncIterator[bytes], dict[str, str]]:
-        """Open the stream; failures before the first byte fall back or raise as HTTP errors."""
+        """Open the stream; failures before the first byte are retried or raise as HTTP errors."""
+        ctx = ctx or self.new_context()
         assignment = self.plan(chat, headers)
+        self.budget.deposit()
         self._start_shadows(assignment, chat, body)
-        variants = self.attempts(assignment)
-        previous: str | None = None
-        for attempt, variant in enumerate(variants):
+        schedule = self.schedule(assignment)
+        previous = _skipped(assignment, schedule)
+        for attempt, variant in enumerate(schedule):
             event = self._event(assignment, variant, attempt, previous, stream=True)
             results: list[PipelineResultLike] = []
             chunks = self._open_stream(variant, chat, body, results)
             try:
-                first = await anext(chunks)
-            except StopAsyncIteration:
-                exc: GatewayError = EngineError("the engine closed the stream without data")
-                self._finish(event, error=exc)
-                raise exc from None
+                first = await self._first_chunk(chunks, ctx)
             except GatewayError as exc:
-                self._finish(event, error=exc)
-                if _retryable(exc) and attempt + 1 < len(variants):
+                self._finish(event, error=exc, ctx=ctx)
+                self._outcome(assignment, variant, exc)
+                last = attempt + 1 == len(schedule)
+                same = not last and schedule[attempt + 1] is variant
+                if not last and await self._before_retry(exc, attempt + 1, ctx, same):
                     previous = variant.name
+                    log.warning("variant %s failed (%s); trying again", variant.name, exc.message)
                     continue
                 exc.headers.update(_headers(event))
                 raise
+            except asyncio.CancelledError:
+                self._finish(event, cancelled=True, ctx=ctx)
+                await _close(chunks)
+                raise
             event["ttft_ms"] = (time.perf_counter() - event["_t0"]) * 1000
-            return self._relay(event, first, chunks, results), _headers(event)
+            self._outcome(assignment, variant, None)
+            return self._relay(event, first, chunks, results, ctx), _headers(event)
         raise AssertionError("unreachable: the last attempt returns or raises")
+
+    async def _first_chunk(self, chunks: AsyncIterator[bytes], ctx: RequestContext) -> bytes:
+        try:
+            async with asyncio.timeout_at(ctx.deadline) as scope:
+                return await anext(chunks)
+        except StopAsyncIteration:
+            raise EngineError("the engine closed the stream without data") from None
+        except TimeoutError:
+            if scope.expired():
+                raise self._deadline_error() from None
+            raise
 
     async def _relay(
         self,
@@ -209,28 +345,47 @@ class Dispatcher:
         first: bytes,
         chunks: AsyncIterator[bytes],
         results: list[PipelineResultLike],
+        ctx: RequestContext,
     ) -> AsyncIterator[bytes]:
-        """Pass bytes through; a failure midway ends with an error event and no [DONE]."""
+        """Pass bytes through; a failure or a stall midway ends with an error event, no [DONE]."""
         tail = first[-_TAIL_BYTES:]
+        gap = self.reliability.stream_gap_s
+        loop = asyncio.get_running_loop()
         try:
             yield first
-            async for chunk in chunks:
+            while True:
+                # Each wait is bounded by the gap limit and the request's deadline; the yield
+                # stays outside, so a slow client is never mistaken for a stalled engine.
+                stall_at = loop.time() + gap
+                try:
+                    async with asyncio.timeout_at(min(stall_at, ctx.deadline)) as scope:
+                        chunk = await anext(chunks)
+                except StopAsyncIteration:
+                    break
+                except TimeoutError:
+                    if not scope.expired():
+                        raise
+                    if stall_at <= ctx.deadline:
+                        raise StreamStalledError(
+                            f"The engine sent nothing for {gap:g} s; the stream was ended."
+                        ) from None
+                    raise self._deadline_error() from None
                 tail = (tail + chunk)[-_TAIL_BYTES:]
                 yield chunk
         except GatewayError as exc:
-            self._finish(event, error=exc)
+            self._finish(event, error=exc, ctx=ctx)
             yield b"data: " + orjson.dumps(exc.to_dict()) + b"\n\n"
         except (asyncio.CancelledError, GeneratorExit):
             # The client went away: closing ``chunks`` below cancels the upstream request.
-            self._finish(event, cancelled=True)
+            self._finish(event, cancelled=True, ctx=ctx)
             raise
         else:
             result = results[0] if results else PlainResult({})
             if not result.usage:
                 result.usage = _usage_from_tail(tail)
-            self._finish(event, result=result)
+            self._finish(event, result=result, ctx=ctx)
         finally:
-            await chunks.aclose()  # type: ignore[attr-defined]
+            await _close(chunks)
 
     def _open_stream(
         self,
@@ -343,6 +498,7 @@ class Dispatcher:
         result: PipelineResultLike | None = None,
         error: GatewayError | None = None,
         cancelled: bool = False,
+        ctx: RequestContext | None = None,
     ) -> None:
         if "status" in event:
             return  # already logged (a stream error followed by the generator closing)
@@ -369,6 +525,8 @@ class Dispatcher:
                 completion_tokens=usage.get("completion_tokens"),
             )
             event["cost"] = self._cost(event)
+            if ctx is not None:
+                ctx.tokens += (event["prompt_tokens"] or 0) + (event["completion_tokens"] or 0)
         self.metrics.observe(event)
         self.events.record(event)
 
@@ -427,6 +585,21 @@ def _apply(body: dict[str, Any], params: SamplingSpec) -> dict[str, Any]:
 
 def _retryable(exc: GatewayError) -> bool:
     return isinstance(exc, EngineError) and exc.retryable
+
+
+def _cool_key(assignment: Assignment, variant: Variant) -> str:
+    return f"{assignment.route}/{variant.name}" if assignment.route else variant.target
+
+
+def _skipped(assignment: Assignment, schedule: list[Variant]) -> str | None:
+    """The assigned variant's name when it cools down and a fallback goes first."""
+    return assignment.variant.name if schedule[0] is not assignment.variant else None
+
+
+async def _close(chunks: AsyncIterator[bytes]) -> None:
+    aclose = getattr(chunks, "aclose", None)
+    if aclose is not None:
+        await aclose()
 
 
 def _headers(event: dict[str, Any]) -> dict[str, str]:

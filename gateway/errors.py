@@ -82,6 +82,17 @@ class PayloadTooLargeError(GatewayError):
     default_code = "request_too_large"
 
 
+class ClientClosedRequest(GatewayError):
+    """The client went away before the answer (nginx's 499); nobody reads this response."""
+
+    status_code = 499
+    error_type = "invalid_request_error"
+    default_code = "client_closed_request"
+
+    def __init__(self) -> None:
+        super().__init__("The client closed the connection before the answer was ready.")
+
+
 class RateLimitError(GatewayError):
     status_code = 429
     error_type = "rate_limit_error"
@@ -103,13 +114,43 @@ class EngineUnavailableError(EngineError):
     status_code = 503
     default_code = "engine_unavailable"
 
-    def __init__(self, message: str, *, retry_after_s: int = 5) -> None:
-        super().__init__(message, headers={"Retry-After": str(retry_after_s)})
+    def __init__(self, message: str, *, retry_after_s: int = 5, code: str | None = None) -> None:
+        super().__init__(message, code=code, headers={"Retry-After": str(retry_after_s)})
 
 
 class EngineTimeoutError(EngineError):
     status_code = 504
     default_code = "upstream_timeout"
+
+
+class UpstreamRateLimitedError(EngineError):
+    """The engine answered 429: worth a retry only when it said when (Retry-After)."""
+
+    status_code = 429
+    error_type = "rate_limit_error"
+    default_code = "upstream_rate_limited"
+
+    def __init__(self, message: str, *, retry_after_s: float | None) -> None:
+        headers = {"Retry-After": f"{retry_after_s:g}"} if retry_after_s is not None else None
+        super().__init__(message, headers=headers)
+        self.retry_after_s = retry_after_s
+        self.retryable = retry_after_s is not None
+
+
+class DeadlineExceededError(EngineError):
+    """The request's one deadline passed: nothing is retried after it."""
+
+    status_code = 504
+    default_code = "deadline_exceeded"
+    retryable = False
+
+
+class StreamStalledError(EngineError):
+    """No chunk arrived within the stream gap limit (reported in-band, the stream has begun)."""
+
+    status_code = 504
+    default_code = "stream_stalled"
+    retryable = False
 
 
 class UpstreamRejectedError(GatewayError):

@@ -1,7 +1,9 @@
 """Per-key rate limits (requests and tokens per minute) and the global concurrency gate.
 
-Both run on the event loop without awaiting between check and update, so concurrent bursts
-cannot overshoot: asyncio runs one of them at a time.
+Checks and updates run on the event loop with no ``await`` between them, so a concurrent burst
+cannot overshoot: asyncio runs one admission at a time. Tokens are reserved up front (an
+estimate from the prompt and the output limit) and settled with the real usage afterwards, so
+a burst of long requests is held back before it runs, not after.
 """
 
 from __future__ import annotations
@@ -12,6 +14,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from gateway.errors import EngineUnavailableError, RateLimitError
+
+#: output tokens reserved for a request that sets no max_tokens
+DEFAULT_OUTPUT_RESERVE = 256
 
 
 @dataclass
@@ -33,55 +38,78 @@ class TokenBucket:
         self.stamp = now
 
     def wait_s(self, amount: float) -> float:
-        """Seconds until ``amount`` fits; 0 when it fits now."""
+        """Seconds until ``amount`` fits (never more than a full bucket); 0 when it fits now."""
         self._refill()
-        missing = amount - self.level
+        missing = min(amount, self.capacity) - self.level
         return 0.0 if missing <= 0 else missing * 60 / self.capacity
 
     def take(self, amount: float) -> None:
         self._refill()
         self.level -= amount
 
+    def give_back(self, amount: float) -> None:
+        self._refill()
+        self.level = min(self.capacity, self.level + amount)
+
+
+@dataclass(frozen=True)
+class Quota:
+    requests_per_minute: float | None = None
+    tokens_per_minute: float | None = None
+
 
 class RateLimiter:
-    """Requests and tokens per minute, per key name."""
+    """Requests and tokens per minute, one pair of buckets per key."""
 
-    def __init__(
-        self,
-        requests_per_minute: float | None,
-        tokens_per_minute: float | None,
-        clock: Callable[[], float] = time.monotonic,
-    ) -> None:
-        self.requests_per_minute = requests_per_minute
-        self.tokens_per_minute = tokens_per_minute
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self.clock = clock
         self._requests: dict[str, TokenBucket] = {}
         self._tokens: dict[str, TokenBucket] = {}
 
-    def admit(self, key: str) -> None:
-        """Take one request from the key's budget, or raise 429 with Retry-After."""
-        waits = []
-        if self.requests_per_minute:
-            waits.append(self._bucket(self._requests, key, self.requests_per_minute).wait_s(1))
-        if self.tokens_per_minute:
-            # Tokens are charged after the answer; a key in debt waits until it is repaid.
-            waits.append(self._bucket(self._tokens, key, self.tokens_per_minute).wait_s(0))
-        wait = max(waits, default=0.0)
+    def admit(self, key: str, quota: Quota, tokens: int = 0) -> int:
+        """Take one request and reserve ``tokens``, or raise 429 with Retry-After.
+
+        Returns the tokens reserved, to hand to ``settle`` when the real usage is known.
+        """
+        requests = self._bucket(self._requests, key, quota.requests_per_minute)
+        token_bucket = self._bucket(self._tokens, key, quota.tokens_per_minute)
+        wait = max(
+            requests.wait_s(1) if requests else 0.0,
+            token_bucket.wait_s(tokens) if token_bucket else 0.0,
+        )
         if wait > 0:
+            seconds = max(1, math.ceil(wait))
             raise RateLimitError(
-                f"Rate limit reached for this API key; retry in {math.ceil(wait)} s.",
-                headers={"Retry-After": str(math.ceil(wait))},
+                f"Rate limit reached for this API key; retry in {seconds} s.",
+                headers={"Retry-After": str(seconds)},
             )
-        if self.requests_per_minute:
-            self._requests[key].take(1)
+        if requests:
+            requests.take(1)
+        if token_bucket:
+            # A request larger than the whole bucket reserves the bucket: it waits for a full
+            # bucket instead of being refused forever, and settles its real usage afterwards.
+            reserved = min(tokens, math.floor(token_bucket.capacity))
+            token_bucket.take(reserved)
+            return reserved
+        return 0
 
-    def charge_tokens(self, key: str, tokens: int) -> None:
-        if self.tokens_per_minute and tokens > 0:
-            self._bucket(self._tokens, key, self.tokens_per_minute).take(tokens)
+    def settle(self, key: str, reserved: int, used: int) -> None:
+        """Replace a reservation by the tokens the request really used."""
+        bucket = self._tokens.get(key)
+        if bucket is None or reserved == used:
+            return
+        if used > reserved:
+            bucket.take(used - reserved)
+        else:
+            bucket.give_back(reserved - used)
 
-    def _bucket(self, table: dict[str, TokenBucket], key: str, capacity: float) -> TokenBucket:
+    def _bucket(
+        self, table: dict[str, TokenBucket], key: str, capacity: float | None
+    ) -> TokenBucket | None:
+        if not capacity:
+            return None
         bucket = table.get(key)
-        if bucket is None:
+        if bucket is None or bucket.capacity != capacity:
             bucket = table[key] = TokenBucket(capacity, self.clock)
         return bucket
 
@@ -98,6 +126,7 @@ class ConcurrencyGate:
             raise EngineUnavailableError(
                 f"The gateway is at its limit of {self.limit} concurrent requests; retry shortly.",
                 retry_after_s=1,
+                code="gateway_overloaded",
             )
         self.in_flight += 1
 

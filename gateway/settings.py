@@ -23,6 +23,8 @@ class Settings(BaseSettings):
     host: str | None = None
     port: int | None = None
     log_level: str = "info"
+    #: one API key with every scope, kept out of the config file (GATEWAY_API_KEY)
+    api_key: str | None = Field(default=None, repr=False)
 
     @property
     def models_dir(self) -> Path:

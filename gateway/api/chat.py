@@ -1,20 +1,26 @@
-"""POST /v1/chat/completions."""
+"""POST /v1/chat/completions: admission (key, limits, rates, concurrency), then the dispatcher."""
 
 from __future__ import annotations
 
+import asyncio
 import time
-from typing import Annotated, Any
+from collections.abc import AsyncIterator, Awaitable
+from typing import Annotated, Any, TypeVar
 
 import orjson
 from fastapi import APIRouter, Depends, Request, Response
 from fastapi.responses import StreamingResponse
 from pydantic import ValidationError
 
+from gateway.api.access import bearer
 from gateway.api.bodies import invalid_from_validation, json_body, parse_json_object
 from gateway.api.deps import GatewayState, get_state, require_dispatcher
+from gateway.auth import ApiKey
 from gateway.config import LimitsSpec
-from gateway.errors import GatewayError, InvalidRequestError
+from gateway.dispatch import RequestContext
+from gateway.errors import ClientClosedRequest, GatewayError, InvalidRequestError
 from gateway.protocol import ChatCompletionRequest, ErrorResponse
+from gateway.ratelimit import DEFAULT_OUTPUT_RESERVE, Quota
 
 router = APIRouter()
 
@@ -22,14 +28,16 @@ INFERENCE_ID = "x-switchboard-inference-id"
 
 _SSE_HEADERS = {"cache-control": "no-cache", "x-accel-buffering": "no"}
 _ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
-    code: {"model": ErrorResponse} for code in (400, 404, 413, 502, 503, 504)
+    code: {"model": ErrorResponse} for code in (400, 401, 403, 404, 413, 429, 502, 503, 504)
 }
+T = TypeVar("T")
 
 
 @router.post(
     "/v1/chat/completions",
     responses=_ERROR_RESPONSES,
     openapi_extra=json_body(ChatCompletionRequest),
+    dependencies=[Depends(bearer)],
 )
 async def create_chat_completion(
     request: Request, state: Annotated[GatewayState, Depends(get_state)]
@@ -37,25 +45,108 @@ async def create_chat_completion(
     started = time.perf_counter()
     dispatcher = require_dispatcher(state)
     model: str | None = None
+    admission: Admission | None = None
     try:
+        key = state.keyring.authenticate(request.headers.get("authorization"), "inference")
+        # Overload is refused before the body is even read: cheap, and it never queues.
+        state.gate.enter()
+        admission = Admission(state, key, request)
         body = parse_json_object(await request.body())
         model = body.get("model") if isinstance(body.get("model"), str) else None
         chat = validate_request(body)
         check_limits(chat, state.config.limits)
+        admission.reserve(estimate_tokens(chat))
+        ctx = dispatcher.new_context()
+        admission.ctx = ctx
         if chat.stream:
             # The dispatcher pulls the first chunk before we answer, so a failure before the
             # first byte is still an HTTP error with its status, not a 200 with an error inside.
-            stream, headers = await dispatcher.stream(chat, body, request.headers)
-            return StreamingResponse(
-                stream, media_type="text/event-stream", headers={**_SSE_HEADERS, **headers}
+            stream, headers = await cancel_on_disconnect(
+                request, dispatcher.stream(chat, body, request.headers, ctx)
             )
-        result, headers = await dispatcher.complete(chat, body, request.headers)
+            relay = admission.release_after(stream)
+            admission = None  # the stream releases it when it ends
+            return StreamingResponse(
+                relay, media_type="text/event-stream", headers={**_SSE_HEADERS, **headers}
+            )
+        result, headers = await cancel_on_disconnect(
+            request, dispatcher.complete(chat, body, request.headers, ctx)
+        )
+    except ClientClosedRequest:
+        raise  # the attempt was logged as cancelled; nobody is left to answer
     except GatewayError as exc:
         if INFERENCE_ID not in exc.headers:
             # Refused before any variant ran: logged too, every request is.
             exc.headers[INFERENCE_ID] = dispatcher.record_rejection(model, exc, started)
         raise
+    finally:
+        if admission is not None:
+            admission.release()
     return Response(orjson.dumps(result), media_type="application/json", headers=headers)
+
+
+class Admission:
+    """What a request holds while it runs: a concurrency slot and its token reservation."""
+
+    def __init__(self, state: GatewayState, key: ApiKey | None, request: Request) -> None:
+        self.state = state
+        limits = state.config.limits
+        self.quota = (key.quota if key else None) or Quota(
+            limits.requests_per_minute, limits.tokens_per_minute
+        )
+        # Without keys the client's address is the key, so one client cannot starve the rest.
+        client = request.client.host if request.client else "unknown"
+        self.key = key.name if key else f"address:{client}"
+        self.reserved = 0
+        self.ctx: RequestContext | None = None
+        self._released = False
+
+    def reserve(self, tokens: int) -> None:
+        self.reserved = self.state.limiter.admit(self.key, self.quota, tokens)
+
+    def release(self) -> None:
+        if self._released:
+            return
+        self._released = True
+        self.state.gate.leave()
+        if self.reserved and self.ctx is not None:
+            self.state.limiter.settle(self.key, self.reserved, self.ctx.tokens)
+
+    async def release_after(self, stream: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+        try:
+            async for chunk in stream:
+                yield chunk
+        finally:
+            await stream.aclose()  # type: ignore[attr-defined]
+            self.release()
+
+
+async def cancel_on_disconnect(request: Request, work: Awaitable[T]) -> T:
+    """Run ``work``; if the client disconnects meanwhile, cancel it (and its upstream call).
+
+    The body has been read, so the next ASGI message can only be the disconnect. Streams,
+    once they answer, are watched by Starlette's own disconnect listener.
+    """
+    task = asyncio.current_task()
+    assert task is not None
+    gone = False
+
+    async def watch() -> None:
+        nonlocal gone
+        while (await request.receive())["type"] != "http.disconnect":
+            pass
+        gone = True
+        task.cancel()
+
+    watcher = asyncio.create_task(watch())
+    try:
+        return await work
+    except asyncio.CancelledError:
+        if gone and task.uncancel() == 0:
+            raise ClientClosedRequest() from None
+        raise
+    finally:
+        watcher.cancel()
 
 
 def validate_request(body: dict[str, Any]) -> ChatCompletionRequest:
@@ -77,3 +168,34 @@ def check_limits(chat: ChatCompletionRequest, limits: LimitsSpec) -> None:
             f"'{param}' is {limit}; this gateway allows at most {limits.max_tokens}.",
             param=param,
         )
+    if len(chat.messages) > limits.max_messages:
+        raise InvalidRequestError(
+            f"'messages' has {len(chat.messages)} entries; this gateway allows at most "
+            f"{limits.max_messages}.",
+            param="messages",
+        )
+    chars = prompt_chars(chat)
+    if chars > limits.max_chars:
+        raise InvalidRequestError(
+            f"The messages hold {chars} characters; this gateway allows at most "
+            f"{limits.max_chars}.",
+            param="messages",
+        )
+
+
+def prompt_chars(chat: ChatCompletionRequest) -> int:
+    """Characters of text in all messages (images and other parts are bounded by the body)."""
+    total = 0
+    for message in chat.messages:
+        content = message.content
+        if isinstance(content, str):
+            total += len(content)
+        elif content is not None:
+            total += sum(len(t) for p in content if isinstance(t := getattr(p, "text", None), str))
+    return total
+
+
+def estimate_tokens(chat: ChatCompletionRequest) -> int:
+    """A reservation for the token rate limit: about 4 characters a token, plus the output."""
+    output = chat.output_limit or DEFAULT_OUTPUT_RESERVE
+    return prompt_chars(chat) // 4 + output * (chat.n or 1)

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from fastapi import Request
 
+from gateway.auth import KeyRing
 from gateway.config import GatewayConfig
 from gateway.engines.base import Engine
 from gateway.errors import ModelNotFoundError
+from gateway.ratelimit import ConcurrencyGate, RateLimiter
 from gateway.settings import Settings
 from gateway.targets import Target, base_target
 
@@ -35,6 +37,9 @@ class GatewayState:
     adapters: AdapterServing | None = None
     #: prompt pipelines, loaded and compiled at startup
     runner: PipelineRunner | None = None
+    keyring: KeyRing = field(default_factory=lambda: KeyRing([]))
+    limiter: RateLimiter = field(default_factory=RateLimiter)
+    gate: ConcurrencyGate = field(default_factory=lambda: ConcurrencyGate(None))
 
     def target_names(self) -> set[str]:
         """Every name a variant or a client may use as a target."""

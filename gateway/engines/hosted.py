@@ -31,7 +31,7 @@ from gateway.errors import (
     EngineTimeoutError,
     EngineUnavailableError,
     GatewayError,
-    RateLimitError,
+    UpstreamRateLimitedError,
     UpstreamRejectedError,
 )
 
@@ -359,10 +359,9 @@ class LiteLLMEngine:
             error.retryable = False
             return error
         if kind == "rate_limited":
-            retry_after = _retry_after_s(exc)
-            return RateLimitError(
+            return UpstreamRateLimitedError(
                 f"{who} is rate limited upstream: {self._clean(exc)}",
-                headers={"Retry-After": str(retry_after)} if retry_after is not None else None,
+                retry_after_s=_retry_after_s(exc),
             )
         if kind == "unreachable":
             where = self.api_base or f"the {self._provider} API"

@@ -21,7 +21,7 @@ from gateway.errors import (
     EngineTimeoutError,
     EngineUnavailableError,
     GatewayError,
-    RateLimitError,
+    UpstreamRateLimitedError,
     UpstreamRejectedError,
 )
 
@@ -225,10 +225,9 @@ def upstream_error(
     if status in (400, 422):
         return UpstreamRejectedError(message)
     if status == 429:
-        retry = headers.get("retry-after")
-        return RateLimitError(
+        return UpstreamRateLimitedError(
             f"the engine for '{model_id}' is rate limited: {message}",
-            headers={"Retry-After": retry} if retry else None,
+            retry_after_s=retry_after_seconds(headers.get("retry-after")),
         )
     if status == 503:
         return EngineUnavailableError(f"the engine for '{model_id}' is unavailable: {message}")
@@ -237,6 +236,15 @@ def upstream_error(
     if status == 404:
         return EngineError(f"the engine for '{model_id}' does not serve it: {message}")
     return EngineError(f"the engine for '{model_id}' failed with HTTP {status}: {message}")
+
+
+def retry_after_seconds(value: str | None) -> float | None:
+    """Retry-After in seconds (the delta form; an HTTP date is rare upstream and ignored)."""
+    try:
+        seconds = float(value) if value else None
+    except ValueError:
+        return None
+    return seconds if seconds is not None and 0 <= seconds < 86_400 else None
 
 
 def lora_error(model_id: str, verb: str, name: str, resp: httpx.Response) -> EngineError:

@@ -21,7 +21,7 @@ from gateway.engines.hosted import LiteLLMEngine
 from gateway.errors import (
     EngineError,
     EngineUnavailableError,
-    RateLimitError,
+    UpstreamRateLimitedError,
     UpstreamRejectedError,
 )
 
@@ -300,7 +300,7 @@ async def test_body_keys_never_steer_litellm(stub_engine: LiteLLMEngine) -> None
 
 
 async def test_rate_limit_keeps_retry_after(stub_engine: LiteLLMEngine) -> None:
-    with pytest.raises(RateLimitError) as caught:
+    with pytest.raises(UpstreamRateLimitedError) as caught:
         await stub_engine.chat(_stubbed(429, {"retry-after": "7"}))
     assert caught.value.status_code == 429
     assert caught.value.headers == {"Retry-After": "7"}

@@ -11,7 +11,7 @@ from gateway.errors import (
     PermissionDeniedError,
     RateLimitError,
 )
-from gateway.ratelimit import ConcurrencyGate, RateLimiter
+from gateway.ratelimit import ConcurrencyGate, Quota, RateLimiter
 
 
 def ring() -> tuple[KeyRing, str, str]:
@@ -49,27 +49,47 @@ class Clock:
 
 def test_requests_per_minute_with_retry_after() -> None:
     clock = Clock()
-    limiter = RateLimiter(requests_per_minute=60, tokens_per_minute=None, clock=clock)
+    limiter = RateLimiter(clock=clock)
+    quota = Quota(requests_per_minute=60)
     for _ in range(60):
-        limiter.admit("k")
+        limiter.admit("k", quota)
     with pytest.raises(RateLimitError) as info:
-        limiter.admit("k")
+        limiter.admit("k", quota)
     assert info.value.headers["Retry-After"] == "1"
-    limiter.admit("other")  # per key
+    limiter.admit("other", quota)  # per key
     clock.now += 1.0
-    limiter.admit("k")
+    limiter.admit("k", quota)
 
 
-def test_tokens_per_minute_charge_after_the_answer() -> None:
+def test_tokens_are_reserved_up_front_and_settled() -> None:
     clock = Clock()
-    limiter = RateLimiter(requests_per_minute=None, tokens_per_minute=600, clock=clock)
-    limiter.admit("k")
-    limiter.charge_tokens("k", 900)  # 300 in debt
+    limiter = RateLimiter(clock=clock)
+    quota = Quota(tokens_per_minute=600)
+    reserved = limiter.admit("k", quota, tokens=400)
+    assert reserved == 400
+    # A burst: the second reservation does not fit while the first is outstanding.
     with pytest.raises(RateLimitError) as info:
-        limiter.admit("k")
-    assert info.value.headers["Retry-After"] == "30"
-    clock.now += 30
-    limiter.admit("k")
+        limiter.admit("k", quota, tokens=400)
+    assert info.value.headers["Retry-After"] == "20"
+    limiter.settle("k", reserved, used=100)  # the answer was short: 300 come back
+    limiter.admit("k", quota, tokens=400)
+    limiter.settle("k", 400, used=900)  # longer than reserved: the key goes into debt
+    with pytest.raises(RateLimitError) as info:
+        limiter.admit("k", quota, tokens=1)
+    assert info.value.headers["Retry-After"] == "41"
+    clock.now += 41
+    limiter.admit("k", quota, tokens=1)
+
+
+def test_a_reservation_larger_than_the_bucket_waits_for_a_full_bucket() -> None:
+    clock = Clock()
+    limiter = RateLimiter(clock=clock)
+    quota = Quota(tokens_per_minute=100)
+    limiter.admit("k", quota, tokens=5000)  # full bucket: admitted, never refused forever
+    with pytest.raises(RateLimitError):
+        limiter.admit("k", quota, tokens=5000)
+    clock.now += 120
+    limiter.admit("k", quota, tokens=5000)
 
 
 def test_concurrency_gate_refuses_at_once() -> None:

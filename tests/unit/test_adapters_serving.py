@@ -136,9 +136,7 @@ async def test_an_adapter_vllm_lost_unseen_loads_again_after_its_404(
     # A vLLM at URLs may restart without the gateway knowing; its 404 is the only sign.
     async with gateway({"base": engine}, config(folder, "[ad-a]")) as (client, _):
         vllm.forget_everything()
-        with pytest.raises(openai.APIStatusError) as info:
-            await ask(client, "ad-a")
-        assert info.value.status_code == 502
+        # The 404 makes the gateway load the adapter again, and the retry finds it there.
         assert await ask(client, "ad-a") == "from ad-a"
         assert len(vllm.paths(LOAD)) == 2
 

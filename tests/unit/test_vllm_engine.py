@@ -13,7 +13,7 @@ from gateway.errors import (
     EngineTimeoutError,
     EngineUnavailableError,
     GatewayError,
-    RateLimitError,
+    UpstreamRateLimitedError,
     UpstreamRejectedError,
 )
 
@@ -47,7 +47,7 @@ def engine_with(handler: Callable[[httpx.Request], httpx.Response]) -> VLLMEngin
         ),
         (422, b"not json", UpstreamRejectedError, "not json"),
         (404, b'{"error": {"message": "model x missing"}}', EngineError, "does not serve"),
-        (429, b"{}", RateLimitError, "rate limited"),
+        (429, b"{}", UpstreamRateLimitedError, "rate limited"),
         (500, b"", EngineError, "HTTP 500"),
         (503, b"{}", EngineUnavailableError, "unavailable"),
         (504, b"{}", EngineTimeoutError, "timed out"),

@@ -1,0 +1,76 @@
+"""What bounds retries: a budget shared by all requests, and cooldowns for failing variants.
+
+Retries multiply load exactly when an engine is struggling; the budget caps them at a share of
+the traffic (Finagle's and gRPC's retry budgets work the same way), so an outage costs at most
+``1 + ratio`` times the normal load instead of ``max_attempts`` times. A variant that keeps
+failing cools down: for ``cooldown_s`` the dispatcher sends its traffic to the fallbacks (or
+refuses at once when there are none) instead of waiting on a broken engine again and again.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+#: retries the budget holds in reserve, so a quiet gateway can still retry
+BUDGET_RESERVE = 10.0
+#: the most retries the budget saves up
+BUDGET_CAP = 100.0
+
+
+@dataclass
+class RetryBudget:
+    """Each request deposits ``ratio`` of a retry; each retry withdraws one."""
+
+    ratio: float
+    level: float = BUDGET_RESERVE
+
+    def deposit(self) -> None:
+        self.level = min(BUDGET_CAP, self.level + self.ratio)
+
+    def withdraw(self) -> bool:
+        if self.level < 1:
+            return False
+        self.level -= 1
+        return True
+
+
+@dataclass
+class _Health:
+    failures: int = 0
+    until: float = 0.0
+
+
+@dataclass
+class Cooldowns:
+    """Consecutive retryable failures per variant; ``threshold`` of them cool it down."""
+
+    threshold: int
+    cooldown_s: float
+    clock: Callable[[], float] = time.monotonic
+    _health: dict[str, _Health] = field(default_factory=dict)
+
+    def remaining_s(self, key: str) -> float:
+        """Seconds the variant still cools down; 0 when it takes traffic."""
+        health = self._health.get(key)
+        return max(0.0, health.until - self.clock()) if health is not None else 0.0
+
+    def failure(self, key: str) -> bool:
+        """Count a failure; True when it starts a cooldown."""
+        health = self._health.setdefault(key, _Health())
+        health.failures += 1
+        if health.failures >= self.threshold:
+            health.until = self.clock() + self.cooldown_s
+            # Half-open afterwards: one more failure after the cooldown starts the next one.
+            health.failures = self.threshold - 1
+            return True
+        return False
+
+    def success(self, key: str) -> None:
+        self._health.pop(key, None)
+
+    def cooling(self) -> dict[str, float]:
+        """Every variant cooling down now, with the seconds it has left (for /ready)."""
+        now = self.clock()
+        return {k: h.until - now for k, h in self._health.items() if h.until > now}
