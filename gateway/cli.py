@@ -34,6 +34,10 @@ app.add_typer(experiments_app, name="experiments")
 app.add_typer(adapters_app, name="adapters")
 app.add_typer(pipelines_app, name="pipelines")
 app.add_typer(exemplars_app, name="exemplars")
+keys_app = typer.Typer(
+    help="Make API keys and their hashes for gateway.yaml.", no_args_is_help=True
+)
+app.add_typer(keys_app, name="keys")
 app.command("report")(report)
 app.command("eval")(eval_command)
 
@@ -74,10 +78,11 @@ def serve(
     logging.basicConfig(
         level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
-    if not _is_loopback(bind_host):
+    if not _is_loopback(bind_host) and not (cfg.auth.keys or settings.api_key):
         err.print(
             f"[yellow]warning:[/yellow] binding to {bind_host}: the gateway is reachable from "
-            "other machines and has no API keys configured."
+            "other machines and has no API keys, so anyone there can use it, admin endpoints "
+            "included. Fix: add keys under 'auth.keys' in gateway.yaml or set GATEWAY_API_KEY."
         )
     _prepare_or_exit(lambda: prepare_packaged_models(cfg, settings))
     uvicorn.run(
@@ -85,8 +90,51 @@ def serve(
         host=bind_host,
         port=bind_port,
         log_level=settings.log_level,
-        timeout_graceful_shutdown=30,
+        # SIGTERM: stop accepting, let in-flight requests and streams finish for this long,
+        # then the lifespan flushes the event log and stops vLLM.
+        timeout_graceful_shutdown=cfg.reliability.drain_timeout_s,
     )
+
+
+@keys_app.command("new")
+def keys_new(
+    name: Annotated[str, typer.Option(help="The key's name in gateway.yaml and in events.")],
+    scopes: Annotated[
+        str, typer.Option(help="Comma-separated: inference, feedback, admin.")
+    ] = "inference,feedback",
+) -> None:
+    """Make a new API key: prints the key once, and the gateway.yaml entry with its hash."""
+    from gateway.auth import SCOPES, hash_key, new_key
+
+    chosen = [s.strip() for s in scopes.split(",") if s.strip()]
+    unknown = [s for s in chosen if s not in SCOPES]
+    if unknown or not chosen:
+        err.print(f"[red]error:[/red] --scopes: use some of {', '.join(SCOPES)}")
+        raise typer.Exit(2)
+    key = new_key()
+    # Plain echo: a wrapped key or hash would be copied wrong.
+    typer.echo(f"key (shown once, give it to the client): {key}")
+    typer.echo("gateway.yaml:")
+    typer.echo(
+        f"auth:\n  keys:\n    - name: {name}\n      hash: {hash_key(key)}\n"
+        f"      scopes: [{', '.join(chosen)}]"
+    )
+
+
+@keys_app.command("hash")
+def keys_hash() -> None:
+    """Print the hash of a key read from standard input (kept out of the shell history)."""
+    import sys
+
+    from gateway.auth import hash_key
+
+    key = sys.stdin.readline().strip()
+    if not key:
+        err.print(
+            '[red]error:[/red] no key on standard input; e.g. printf %s "$KEY" | gateway keys hash'
+        )
+        raise typer.Exit(2)
+    typer.echo(hash_key(key))
 
 
 @models_app.command("prepare")
