@@ -370,6 +370,13 @@ class Dispatcher:
                             f"The engine sent nothing for {gap:g} s; the stream was ended."
                         ) from None
                     raise self._deadline_error() from None
+                if _INBAND_ERROR in chunk:
+                    # The engine failed midway and said so in-band (vLLM does): pass its error
+                    # event on, but not the [DONE] after it, and log the attempt as failed.
+                    head, error = _split_inband_error(chunk)
+                    self._finish(event, error=error, ctx=ctx)
+                    yield head
+                    return
                 tail = (tail + chunk)[-_TAIL_BYTES:]
                 yield chunk
         except GatewayError as exc:
@@ -617,6 +624,26 @@ def _extension(event: dict[str, Any]) -> dict[str, Any]:
         "variant": event.get("variant"),
         "pipeline": event.get("pipeline"),
     }
+
+
+_INBAND_ERROR = b'data: {"error"'
+
+
+def _split_inband_error(chunk: bytes) -> tuple[bytes, EngineError]:
+    """The chunk up to the end of its error event, and that error as the gateway's."""
+    start = chunk.index(_INBAND_ERROR)
+    end = chunk.find(b"\n\n", start)
+    end = len(chunk) if end < 0 else end + 2
+    message = "the engine failed midway through the stream"
+    try:
+        detail = orjson.loads(chunk[start + 6 : end].strip()).get("error")
+        if isinstance(detail, dict) and isinstance(detail.get("message"), str):
+            message = f"{message}: {detail['message']}"
+    except (orjson.JSONDecodeError, AttributeError):
+        pass
+    error = EngineError(message, code="stream_failed")
+    error.retryable = False  # bytes have reached the client: never retried
+    return chunk[:end], error
 
 
 def _usage_from_tail(tail: bytes) -> dict[str, int]:

