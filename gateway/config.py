@@ -160,8 +160,8 @@ class ReliabilitySpec(_Spec):
         default=5, ge=1, description="consecutive retryable failures that cool a variant down"
     )
     cooldown_s: float = Field(default=30.0, gt=0)
-    drain_timeout_s: float = Field(
-        default=30.0, ge=0, description="on SIGTERM, how long in-flight requests may finish"
+    drain_timeout_s: int = Field(
+        default=30, ge=0, description="on SIGTERM, how long in-flight requests may finish"
     )
 
 

@@ -27,15 +27,23 @@ router = APIRouter()
 INFERENCE_ID = "x-switchboard-inference-id"
 
 _SSE_HEADERS = {"cache-control": "no-cache", "x-accel-buffering": "no"}
-_ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
-    code: {"model": ErrorResponse} for code in (400, 401, 403, 404, 413, 429, 502, 503, 504)
+_RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: {
+        "description": "A chat.completion object; with `stream: true`, server-sent "
+        "chat.completion.chunk events ending in `data: [DONE]`.",
+        "content": {
+            "application/json": {"schema": {"type": "object"}},
+            "text/event-stream": {"schema": {"type": "string"}},
+        },
+    },
+    **{code: {"model": ErrorResponse} for code in (400, 401, 403, 404, 413, 429, 502, 503, 504)},
 }
 T = TypeVar("T")
 
 
 @router.post(
     "/v1/chat/completions",
-    responses=_ERROR_RESPONSES,
+    responses=_RESPONSES,
     openapi_extra=json_body(ChatCompletionRequest),
     dependencies=[Depends(bearer)],
 )
