@@ -62,6 +62,8 @@ def require_dispatcher(state: GatewayState) -> Dispatcher:
     return state.dispatcher
 
 
-def get_state(request: Request) -> GatewayState:
+async def get_state(request: Request) -> GatewayState:
+    # async on purpose: FastAPI runs a plain ``def`` dependency in a worker thread, which costs
+    # a thread hop on every request.
     state: GatewayState = request.app.state.gateway
     return state
