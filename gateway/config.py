@@ -256,7 +256,7 @@ class RouteSpec(_Spec):
 
     @model_validator(mode="after")
     def _references(self) -> RouteSpec:
-        if not STICKY_KEY.match(self.sticky_key):
+        if not STICKY_KEY.fullmatch(self.sticky_key):
             raise ValueError(
                 f"sticky_key '{self.sticky_key}' must be 'user', 'none' or 'header:NAME'"
             )
@@ -334,7 +334,7 @@ class GatewayConfig(_Spec):
     @classmethod
     def _model_ids(cls, models: dict[str, Any]) -> dict[str, Any]:
         for name in models:
-            if not MODEL_ID.match(name):
+            if not MODEL_ID.fullmatch(name):
                 raise ValueError(
                     f"model id '{name}' must match {MODEL_ID.pattern} (letters, digits, . _ : / -)"
                 )

@@ -64,9 +64,6 @@ class ScriptedVLLM:
         #: status to answer the next load with (e.g. 400 for an adapter vLLM rejects)
         self.fail_load: tuple[int, str] | None = None
 
-    def transport(self) -> httpx.MockTransport:
-        return httpx.MockTransport(self.handle)
-
     def forget_everything(self) -> None:
         """What a restart does to runtime-loaded adapters."""
         self.loras.clear()

@@ -7,6 +7,7 @@ The engine is the real ``VLLMEngine`` with a scripted vLLM at its HTTP seam.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +16,7 @@ import pytest
 
 from gateway.engines.vllm import VLLMEngine
 from tests.adapter_fakes import ScriptedVLLM, make_adapter
+from tests.handler_server import serving
 from tests.unit.conftest import AppFactory
 
 LOAD = "/v1/load_lora_adapter"
@@ -53,13 +55,9 @@ def vllm() -> ScriptedVLLM:
 
 
 @pytest.fixture
-def engine(vllm: ScriptedVLLM) -> RestartableEngine:
-    return RestartableEngine(
-        model_id="base",
-        upstream_model="base-upstream",
-        urls=["http://vllm.test"],
-        transport=vllm.transport(),
-    )
+async def engine(vllm: ScriptedVLLM) -> AsyncIterator[RestartableEngine]:
+    async with serving(vllm.handle) as url:
+        yield RestartableEngine(model_id="base", upstream_model="base-upstream", urls=[url])
 
 
 @pytest.fixture

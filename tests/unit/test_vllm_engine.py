@@ -1,8 +1,12 @@
-"""The vLLM engine's mapping of upstream answers and transport faults (fault injection)."""
+"""The vLLM engine's mapping of upstream answers and transport faults (fault injection).
+
+The engine talks over real loopback sockets to a scripted server (tests/handler_server.py).
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 
 import httpx
 import pytest
@@ -16,18 +20,23 @@ from gateway.errors import (
     UpstreamRateLimitedError,
     UpstreamRejectedError,
 )
+from tests.handler_server import serving
 
 BODY = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
 
 
-def engine_with(handler: Callable[[httpx.Request], httpx.Response]) -> VLLMEngine:
-    return VLLMEngine(
-        model_id="m",
-        upstream_model="m",
-        urls=["http://a:1", "http://b:2"],
-        transport=httpx.MockTransport(handler),
-        timeout_s=5,
-    )
+@asynccontextmanager
+async def engine_with(
+    handler: Callable[[httpx.Request], httpx.Response],
+) -> AsyncIterator[VLLMEngine]:
+    """A started engine at two URLs, both served by ``handler``."""
+    async with serving(handler) as first, serving(handler) as second:
+        engine = VLLMEngine(model_id="m", upstream_model="m", urls=[first, second], timeout_s=5)
+        await engine.start()
+        try:
+            yield engine
+        finally:
+            await engine.stop()
 
 
 @pytest.mark.parametrize(
@@ -56,31 +65,27 @@ def engine_with(handler: Callable[[httpx.Request], httpx.Response]) -> VLLMEngin
 async def test_upstream_status_maps_to_error_tree(
     status: int, body: bytes, error: type[GatewayError], message: str
 ) -> None:
-    engine = engine_with(lambda _: httpx.Response(status, content=body))
-    await engine.start()
-    with pytest.raises(error) as info:
-        await engine.chat(dict(BODY))
-    assert message in info.value.message
-    with pytest.raises(error):
-        await anext(engine.chat_stream(dict(BODY)))
-    await engine.stop()
+    async with engine_with(lambda _: httpx.Response(status, content=body)) as engine:
+        with pytest.raises(error) as info:
+            await engine.chat(dict(BODY))
+        assert message in info.value.message
+        with pytest.raises(error):
+            await anext(engine.chat_stream(dict(BODY)))
 
 
 async def test_connection_errors_are_503_and_urls_rotate() -> None:
     seen: list[str] = []
 
     def refuse(request: httpx.Request) -> httpx.Response:
-        seen.append(request.url.host)
+        seen.append(f"{request.url.host}:{request.url.port}")
         raise httpx.ConnectError("refused", request=request)
 
-    engine = engine_with(refuse)
-    await engine.start()
-    for _ in range(2):
-        with pytest.raises(EngineUnavailableError) as info:
-            await engine.chat(dict(BODY))
-        assert info.value.headers["Retry-After"]
-    assert seen == ["a", "b"]
-    await engine.stop()
+    async with engine_with(refuse) as engine:
+        for _ in range(2):
+            with pytest.raises(EngineUnavailableError) as info:
+                await engine.chat(dict(BODY))
+            assert info.value.headers["Retry-After"]
+    assert len(set(seen)) == 2  # one request to each URL in turn
 
 
 async def test_stream_cut_midway_raises_engine_error_after_first_chunk() -> None:
@@ -89,16 +94,14 @@ async def test_stream_cut_midway_raises_engine_error_after_first_chunk() -> None
             yield b'data: {"choices": []}\n\n'
             raise httpx.RemoteProtocolError("peer closed connection")
 
-    engine = engine_with(lambda _: httpx.Response(200, stream=Cut()))
-    await engine.start()
-    stream = engine.chat_stream(dict(BODY))
-    assert (await anext(stream)).startswith(b"data: ")
-    with pytest.raises(EngineError):
-        await anext(stream)
-    await engine.stop()
+    async with engine_with(lambda _: httpx.Response(200, stream=Cut())) as engine:
+        stream = engine.chat_stream(dict(BODY))
+        assert (await anext(stream)).startswith(b"data: ")
+        with pytest.raises(EngineError):
+            await anext(stream)
 
 
 async def test_not_started_engine_is_unavailable() -> None:
-    engine = engine_with(lambda _: httpx.Response(200, json={}))
+    engine = VLLMEngine(model_id="m", upstream_model="m", urls=["http://127.0.0.1:9"])
     with pytest.raises(EngineUnavailableError):
         await engine.chat(dict(BODY))
