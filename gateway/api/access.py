@@ -13,7 +13,11 @@ from fastapi.security import HTTPBearer
 
 from gateway.config import Scope
 
-bearer = HTTPBearer(auto_error=False, description="an API key, when the gateway has keys")
+#: the security scheme's name in the OpenAPI schema
+BEARER = "HTTPBearer"
+bearer = HTTPBearer(
+    auto_error=False, scheme_name=BEARER, description="an API key, when the gateway has keys"
+)
 
 
 def require(scope: Scope) -> DependsParam:
