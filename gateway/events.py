@@ -25,6 +25,8 @@ from gateway.stores import Store, StoreError
 log = logging.getLogger(__name__)
 
 SPOOL_NAME = "spool.jsonl"
+#: put on the queue by ``flush``: the writer writes the batch in hand at once
+_WAKE: dict[str, Any] = {"id": "flush"}
 
 
 @dataclass
@@ -86,7 +88,9 @@ class EventLog:
                 await task
         leftover = []
         while not self._queue.empty():
-            leftover.append(self._queue.get_nowait())
+            item = self._queue.get_nowait()
+            if item is not _WAKE:
+                leftover.append(item)
         if leftover:
             await self._spool("event", leftover)
         await asyncio.to_thread(self.store.close)
@@ -113,6 +117,9 @@ class EventLog:
         await self._write("feedback", [row])
 
     async def flush(self) -> None:
+        """Return once every queued event is written (or spooled), without waiting out a batch."""
+        with contextlib.suppress(asyncio.QueueFull):  # a full queue fills a batch by itself
+            self._queue.put_nowait(_WAKE)
         await self._queue.join()
 
     async def get_event(self, inference_id: str) -> dict[str, Any] | None:
@@ -136,21 +143,32 @@ class EventLog:
 
     async def _writer(self) -> None:
         while True:
-            batch = [await self._queue.get()]
+            first = await self._queue.get()
+            batch = [] if first is _WAKE else [first]
+            woken = first is _WAKE
             deadline = time.monotonic() + self.flush_interval_s
-            while len(batch) < self.batch_size:
+            # Collect a batch until it is full, the interval is over, or a flush wakes us (a
+            # batch in hand must not wait out the interval while the gateway shuts down).
+            while not woken and len(batch) < self.batch_size:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     break
                 try:
-                    batch.append(await asyncio.wait_for(self._queue.get(), remaining))
+                    item = await asyncio.wait_for(self._queue.get(), remaining)
                 except TimeoutError:
                     break
+                if item is _WAKE:
+                    woken = True
+                else:
+                    batch.append(item)
             try:
-                await self._write("event", batch)
+                if batch:
+                    await self._write("event", batch)
             finally:
                 for event in batch:
                     self._pending.pop(event["id"], None)
+                    self._queue.task_done()
+                if woken:
                     self._queue.task_done()
                 self.stats.queue_depth = self._queue.qsize()
 
