@@ -6,6 +6,13 @@ before the response goes out. Either way, when the store fails the rows are appe
 file (fsynced) under ``$GATEWAY_HOME/spool`` and replayed when the store is back; inserts are
 idempotent, so a replay that is interrupted and repeated leaves no duplicates. Only a full
 queue drops rows, and drops are counted (``stats.dropped``) and exported as a metric.
+
+An outage (``StoreError``) spools a batch; a refusal of the data (``StoreDataError``: a row
+the database will never take) must not hold back the rows around it, or block the spool
+forever. Such a batch is written again row by row, and the refused rows are moved to a
+quarantine file beside the spool (fsynced; ``stats.quarantined`` counts them, and a warning
+names them), where an operator can inspect, fix and replay them. Spool lines that cannot even be
+read (a write torn by a crash) are quarantined the same way.
 """
 
 from __future__ import annotations
@@ -16,15 +23,17 @@ import json
 import logging
 import os
 import time
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from gateway.stores import Store, StoreError
+from gateway.stores import Store, StoreDataError, StoreError
 
 log = logging.getLogger(__name__)
 
 SPOOL_NAME = "spool.jsonl"
+QUARANTINE_NAME = "quarantine.jsonl"
 #: put on the queue by ``flush``: the writer writes the batch in hand at once
 _WAKE: dict[str, Any] = {"id": "flush"}
 
@@ -36,6 +45,21 @@ class EventLogStats:
     replayed: int = 0
     dropped: int = 0
     queue_depth: int = 0
+    #: rows (events and feedback) the database refused as data, moved to the quarantine file
+    quarantined: int = 0
+
+
+Row = dict[str, Any]
+
+
+@dataclass
+class _Stored:
+    """What writing some rows came to: written, refused as data, or left by an outage."""
+
+    written: int = 0
+    refused: list[tuple[Row, StoreDataError]] = field(default_factory=list)
+    outage: StoreError | None = None
+    unwritten: list[Row] = field(default_factory=list)
 
 
 class EventLog:
@@ -62,10 +86,20 @@ class EventLog:
         self._pending: dict[str, dict[str, Any]] = {}
         self._tasks: list[asyncio.Task[None]] = []
         self._spool_lock = asyncio.Lock()
+        self._quarantine_lock = asyncio.Lock()
 
     @property
     def spool_path(self) -> Path:
         return self.spool_dir / SPOOL_NAME
+
+    @property
+    def quarantine_path(self) -> Path:
+        return self.spool_dir / QUARANTINE_NAME
+
+    @property
+    def quarantined(self) -> int:
+        """Rows moved to the quarantine file since start (for metrics and health)."""
+        return self.stats.quarantined
 
     # -- lifecycle ------------------------------------------------------------------------------
 
@@ -127,19 +161,58 @@ class EventLog:
         if pending is not None:
             return pending
         try:
-            return await asyncio.to_thread(self.store.get_event, inference_id)
+            found = await asyncio.to_thread(self.store.get_event, inference_id)
         except StoreError:
-            return self._find_in_spool(inference_id)
+            found = None
+        # Not in the database: it may be spooled, also while the database can be read but not
+        # written (locked, full, read-only).
+        return found if found is not None else self._find_in_spool(inference_id)
 
-    async def _write(self, kind: str, rows: list[dict[str, Any]]) -> None:
-        write = self.store.write_events if kind == "event" else self.store.write_feedback
+    async def _write(self, kind: str, rows: list[Row]) -> None:
+        """Write rows to the store; spool what an outage leaves, quarantine what it refuses."""
+        stored = await self._store(kind, rows)
+        if kind == "event":
+            self.stats.written += stored.written
+        await self._quarantine(kind, stored.refused)
+        if stored.outage is not None:
+            log.warning(
+                "event store unavailable (%s); spooling %d %s rows",
+                stored.outage,
+                len(stored.unwritten),
+                kind,
+            )
+            await self._spool(kind, stored.unwritten)
+
+    async def _store(self, kind: str, rows: list[Row]) -> _Stored:
+        """Write ``rows``; a batch refused as data is written again row by row, to find the
+        rows at fault. Nothing raises: an outage is reported with the rows it left unwritten."""
+        write: Callable[[Sequence[Row]], None] = (
+            self.store.write_events if kind == "event" else self.store.write_feedback
+        )
+        stored = _Stored()
         try:
             await asyncio.to_thread(write, rows)
-            if kind == "event":
-                self.stats.written += len(rows)
+        except StoreDataError as exc:
+            if len(rows) == 1:
+                stored.refused.append((rows[0], exc))
+                return stored
         except StoreError as exc:
-            log.warning("event store unavailable (%s); spooling %d %s rows", exc, len(rows), kind)
-            await self._spool(kind, rows)
+            stored.outage, stored.unwritten = exc, rows
+            return stored
+        else:
+            stored.written = len(rows)
+            return stored
+        for index, row in enumerate(rows):
+            try:
+                await asyncio.to_thread(write, [row])
+            except StoreDataError as exc:
+                stored.refused.append((row, exc))
+            except StoreError as exc:
+                stored.outage, stored.unwritten = exc, rows[index:]
+                break
+            else:
+                stored.written += 1
+        return stored
 
     async def _writer(self) -> None:
         while True:
@@ -164,6 +237,9 @@ class EventLog:
             try:
                 if batch:
                     await self._write("event", batch)
+            except Exception:  # a store bug must not stop the writer: keep the rows
+                log.exception("writing %d events failed; spooling them", len(batch))
+                await self._spool_or_drop(batch)
             finally:
                 for event in batch:
                     self._pending.pop(event["id"], None)
@@ -174,40 +250,85 @@ class EventLog:
 
     # -- spool and replay -----------------------------------------------------------------------
 
-    async def _spool(self, kind: str, rows: list[dict[str, Any]]) -> None:
+    async def _spool(self, kind: str, rows: list[Row]) -> None:
+        if not rows:
+            return
         lines = "".join(json.dumps({"kind": kind, "row": r}, default=str) + "\n" for r in rows)
         async with self._spool_lock:
             await asyncio.to_thread(_append_synced, self.spool_path, lines)
         if kind == "event":
             self.stats.spooled += len(rows)
 
+    async def _spool_or_drop(self, rows: list[Row]) -> None:
+        try:
+            await self._spool("event", rows)
+        except (OSError, ValueError) as exc:  # the spool's disk fails too: nothing can keep them
+            self.stats.dropped += len(rows)
+            log.error("cannot spool %d events (%s); dropped", len(rows), exc)
+
+    async def _quarantine(self, kind: str, refused: list[tuple[Row, StoreDataError]]) -> None:
+        """Set rows the store refused as data aside, fsynced, so they block nothing."""
+        if not refused:
+            return
+        now = time.time()
+        lines = "".join(
+            json.dumps({"kind": kind, "row": r, "error": str(e), "ts": now}, default=str) + "\n"
+            for r, e in refused
+        )
+        async with self._quarantine_lock:
+            await asyncio.to_thread(_append_synced, self.quarantine_path, lines)
+        self.stats.quarantined += len(refused)
+        log.warning(
+            "the event store refused %d %s rows as data (%s); moved to %s: %s",
+            len(refused),
+            kind,
+            refused[0][1],
+            self.quarantine_path,
+            ", ".join(str(r.get("id")) for r, _ in refused),
+        )
+
     async def replay(self) -> int:
-        """Move spooled rows into the store; keep the spool if the store is still down."""
+        """Move spooled rows into the store; keep the spool if the store is still down.
+
+        Rows the store refuses as data, and lines that cannot be read, go to the quarantine
+        file, so one bad row never holds the spool back.
+        """
         async with self._spool_lock:
             if not self.spool_path.exists():
                 return 0
-            entries = [
-                json.loads(line) for line in self.spool_path.read_text().splitlines() if line
-            ]
-            events = [e["row"] for e in entries if e["kind"] == "event"]
-            feedback = [e["row"] for e in entries if e["kind"] == "feedback"]
-            try:
-                # Events first: feedback rows refer to them.
-                for start in range(0, len(events), self.batch_size):
-                    chunk = events[start : start + self.batch_size]
-                    await asyncio.to_thread(self.store.write_events, chunk)
-                await asyncio.to_thread(self.store.write_feedback, feedback)
-            except StoreError as exc:
-                log.info("spool replay postponed: %s", exc)
-                return 0
-            # Only now: a crash before this line replays again, and inserts ignore duplicates.
+            lines = (await asyncio.to_thread(self.spool_path.read_text)).splitlines()
+            spooled: dict[str, list[Row]] = {"event": [], "feedback": []}
+            unreadable: list[tuple[Row, StoreDataError]] = []
+            for line in filter(None, lines):
+                kind, row = _spool_entry(line)
+                if kind in spooled and row is not None:
+                    spooled[kind].append(row)
+                else:
+                    unreadable.append(({"line": line}, StoreDataError("unreadable spool line")))
+            # Events first: feedback rows refer to them.
+            results: list[tuple[str, _Stored]] = []
+            for kind, rows in spooled.items():
+                for start in range(0, len(rows), self.batch_size):
+                    stored = await self._store(kind, rows[start : start + self.batch_size])
+                    if stored.outage is not None:
+                        log.info("spool replay postponed: %s", stored.outage)
+                        return 0
+                    results.append((kind, stored))
+            await self._quarantine("spool", unreadable)
+            for kind, stored in results:
+                await self._quarantine(kind, stored.refused)
+            # Only now: a crash before this line replays again, and inserts ignore duplicates
+            # (a row quarantined just before such a crash is quarantined twice, never lost).
             self.spool_path.unlink()
-        self.stats.replayed += len(events)
-        self.stats.written += len(events)
+        replayed = sum(stored.written for kind, stored in results if kind == "event")
+        self.stats.replayed += replayed
+        self.stats.written += replayed
         log.info(
-            "replayed %d events and %d feedback rows from the spool", len(events), len(feedback)
+            "replayed %d events and %d feedback rows from the spool",
+            replayed,
+            sum(stored.written for kind, stored in results if kind == "feedback"),
         )
-        return len(events)
+        return replayed
 
     async def _replayer(self) -> None:
         while True:
@@ -221,11 +342,22 @@ class EventLog:
         if not self.spool_path.exists():
             return None
         for line in self.spool_path.read_text().splitlines():
-            entry = json.loads(line)
-            if entry["kind"] == "event" and entry["row"].get("id") == inference_id:
-                row: dict[str, Any] = entry["row"]
+            kind, row = _spool_entry(line)
+            if kind == "event" and row is not None and row.get("id") == inference_id:
                 return row
         return None
+
+
+def _spool_entry(line: str) -> tuple[str | None, Row | None]:
+    """A spool line's kind and row; (None, None) for a line that cannot be read."""
+    try:
+        entry = json.loads(line)
+    except ValueError:
+        return None, None
+    if not isinstance(entry, dict) or not isinstance(entry.get("row"), dict):
+        return None, None
+    kind, row = entry.get("kind"), entry["row"]
+    return (kind if isinstance(kind, str) else None), row
 
 
 def _append_synced(path: Path, text: str) -> None:

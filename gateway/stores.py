@@ -3,10 +3,16 @@
 Stores are synchronous and thread-safe; the event log calls them from worker threads so the
 event loop never waits on a database. Every insert is ``ON CONFLICT (id) DO NOTHING``, which
 makes replaying a spool after an outage idempotent.
+
+Failures come in two kinds, which the event log treats differently: ``StoreError`` is an outage
+(locked, full, read-only, unreachable: the same rows will go in later), and its subclass
+``StoreDataError`` is a refusal of the rows themselves (a constraint, a value the database
+cannot hold or bind: retrying them will never help).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import sqlite3
@@ -84,6 +90,23 @@ class StoreError(Exception):
     """The database could not be reached or refused a write."""
 
 
+class StoreDataError(StoreError):
+    """The database refused the rows as data (not an outage): the same rows will fail again."""
+
+
+# Errors that concern the rows written, not the database: a constraint or a value it refuses,
+# a value that cannot be bound (a nested dict, an int over 64 bits, a lone surrogate).
+_SQLITE_DATA_ERRORS = (sqlite3.IntegrityError, sqlite3.DataError, OverflowError, UnicodeEncodeError)
+
+
+def _sqlite_error(path: Path, exc: Exception) -> StoreError:
+    binding = isinstance(exc, sqlite3.InterfaceError | sqlite3.ProgrammingError) and (
+        "binding parameter" in str(exc)  # not "Cannot operate on a closed database."
+    )
+    kind = StoreDataError if isinstance(exc, _SQLITE_DATA_ERRORS) or binding else StoreError
+    return kind(f"{path}: {exc}")
+
+
 class Store(Protocol):
     url: str
 
@@ -145,7 +168,11 @@ class _SQLStore(ABC):
     def write_events(self, rows: Sequence[dict[str, Any]]) -> None:
         if rows:
             sql = self._insert_sql("inference_events", EVENT_COLUMNS)
-            self._execute(sql, [event_row(r) for r in rows])
+            try:
+                values = [event_row(r) for r in rows]
+            except (TypeError, ValueError) as exc:  # votes that are not JSON
+                raise StoreDataError(f"an event cannot be stored: {exc}") from exc
+            self._execute(sql, values)
 
     def write_feedback(self, rows: Sequence[dict[str, Any]]) -> None:
         if rows:
@@ -189,14 +216,15 @@ class _SQLStore(ABC):
 class SQLiteStore(_SQLStore):
     """One SQLite file in WAL mode: readers never block the writer."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, *, busy_timeout_s: float = 5.0) -> None:
         super().__init__()
         self.url = f"sqlite:///{path}"
         self.path = path
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            # Shared across worker threads; the lock serialises use.
-            self._conn = sqlite3.connect(path, check_same_thread=False, timeout=5.0)
+            # Shared across worker threads; the lock serialises use. A write waits up to
+            # busy_timeout_s for another process's lock, then fails (and is spooled).
+            self._conn = sqlite3.connect(path, check_same_thread=False, timeout=busy_timeout_s)
             self._conn.execute("PRAGMA journal_mode=WAL")
             self._conn.execute("PRAGMA synchronous=NORMAL")
             for statement in SCHEMA:
@@ -216,9 +244,10 @@ class SQLiteStore(_SQLStore):
                 else:
                     self._conn.executemany(sql, params)
                 self._conn.commit()
-            except sqlite3.Error as exc:
-                self._conn.rollback()
-                raise StoreError(f"{self.path}: {exc}") from exc
+            except (sqlite3.Error, *_SQLITE_DATA_ERRORS) as exc:
+                with contextlib.suppress(sqlite3.Error):  # a closed connection cannot roll back
+                    self._conn.rollback()
+                raise _sqlite_error(self.path, exc) from exc
 
     def _query(self, sql: str, params: Sequence[Any] = ()) -> tuple[list[str], list[Any]]:
         with self._lock:
@@ -276,9 +305,9 @@ class PostgresStore(_SQLStore):
                     else:
                         cur.executemany(sql, list(params))
                 conn.commit()
-            except psycopg.Error as exc:
+            except (psycopg.Error, OverflowError, UnicodeEncodeError) as exc:
                 self._drop(conn)
-                raise StoreError(f"PostgreSQL at {_redact(self.url)}: {exc}") from exc
+                raise _postgres_error(self.url, exc) from exc
 
     def _query(self, sql: str, params: Sequence[Any] = ()) -> tuple[list[str], list[Any]]:
         import psycopg
@@ -307,6 +336,20 @@ class PostgresStore(_SQLStore):
             if self._conn is not None:
                 self._conn.close()
                 self._conn = None
+
+
+def _postgres_error(url: str, exc: Exception) -> StoreError:
+    """Data errors (constraints, values out of range, NUL in text, values psycopg cannot adapt)
+    apart from outages. Other programming errors (a missing column) are taken as outages: the
+    rows stay spooled until the schema is fixed, rather than all being quarantined."""
+    import psycopg
+
+    data = isinstance(exc, psycopg.IntegrityError | psycopg.DataError) or (
+        isinstance(exc, psycopg.ProgrammingError) and "cannot adapt" in str(exc)
+    )
+    data = data or isinstance(exc, OverflowError | UnicodeEncodeError)
+    kind = StoreDataError if data else StoreError
+    return kind(f"PostgreSQL at {_redact(url)}: {exc}")
 
 
 def _redact(url: str) -> str:

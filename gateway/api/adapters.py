@@ -13,15 +13,15 @@ from pydantic import BaseModel
 
 from gateway.adapter_serving import AdapterServing, AdapterState
 from gateway.adapters import AdapterNotFoundError, check_name
+from gateway.api.bodies import AUTH_ERRORS, error_responses
 from gateway.api.deps import GatewayState, get_state
 from gateway.errors import NotFoundError
-from gateway.protocol import ErrorResponse
 
 router = APIRouter(tags=["adapters"])
 
-_ERRORS: dict[int | str, dict[str, Any]] = {
-    code: {"model": ErrorResponse} for code in (400, 404, 502, 503)
-}
+_SHOW_ERRORS = error_responses(400, 404, *AUTH_ERRORS)
+# A POST may carry a body (ignored), so it may be over the body limit too.
+_LOAD_ERRORS = error_responses(400, 404, 413, 502, 503, *AUTH_ERRORS)
 
 
 class AdapterInfo(BaseModel):
@@ -80,7 +80,7 @@ def describe(adapters: AdapterServing, name: str) -> AdapterInfo:
     )
 
 
-@router.get("/v1/adapters", response_model=AdapterList)
+@router.get("/v1/adapters", response_model=AdapterList, responses=error_responses(*AUTH_ERRORS))
 async def list_adapters(adapters: Adapters) -> AdapterList:
     # Listing reads the registry folders again, so a folder added since start shows up.
     problems = adapters.rescan()
@@ -88,7 +88,7 @@ async def list_adapters(adapters: Adapters) -> AdapterList:
     return AdapterList(data=data, problems=problems)
 
 
-@router.get("/v1/adapters/{name}", response_model=AdapterInfo, responses=_ERRORS)
+@router.get("/v1/adapters/{name}", response_model=AdapterInfo, responses=_SHOW_ERRORS)
 async def show_adapter(name: str, adapters: Adapters) -> AdapterInfo:
     check_name(name)
     if name not in adapters.registry:
@@ -96,13 +96,13 @@ async def show_adapter(name: str, adapters: Adapters) -> AdapterInfo:
     return describe(adapters, name)
 
 
-@router.post("/v1/adapters/{name}/load", response_model=AdapterInfo, responses=_ERRORS)
+@router.post("/v1/adapters/{name}/load", response_model=AdapterInfo, responses=_LOAD_ERRORS)
 async def load_adapter(name: str, adapters: Adapters) -> AdapterInfo:
     await adapters.load(name)
     return describe(adapters, name)
 
 
-@router.post("/v1/adapters/{name}/unload", response_model=AdapterInfo, responses=_ERRORS)
+@router.post("/v1/adapters/{name}/unload", response_model=AdapterInfo, responses=_LOAD_ERRORS)
 async def unload_adapter(name: str, adapters: Adapters) -> AdapterInfo:
     await adapters.unload(name)
     return describe(adapters, name)

@@ -9,14 +9,69 @@ from fastapi import Request
 from pydantic import BaseModel, ValidationError
 
 from gateway.errors import InvalidRequestError
+from gateway.protocol import ErrorResponse
 
 M = TypeVar("M", bound=BaseModel)
+
+_RETRY_AFTER = {"Retry-After": {"description": "seconds to wait", "schema": {"type": "string"}}}
+#: Every status the gateway answers with an OpenAI error, as the OpenAPI schema describes it.
+_ERRORS: dict[int, dict[str, Any]] = {
+    400: {"description": "Invalid request: bad JSON, a wrong type, a value out of range"},
+    401: {"description": "Missing or invalid API key (when the gateway has keys)"},
+    403: {"description": "The API key lacks the scope this endpoint needs"},
+    404: {"description": "No such model, route, adapter or inference"},
+    413: {"description": "The request body is over limits.max_body_bytes"},
+    429: {"description": "Rate limited: a quota of this gateway or of the upstream"},
+    502: {"description": "The engine failed"},
+    503: {"description": "Unavailable for now (an engine or the event database)"},
+    504: {"description": "The engine did not answer in time"},
+}
+#: What any endpoint under /v1 may answer: the key ring refuses with 401 or 403.
+AUTH_ERRORS = (401, 403)
+
+
+def error_responses(*codes: int) -> dict[int | str, dict[str, Any]]:
+    """``responses`` for a route: each status with OpenAI's error body (and Retry-After)."""
+    responses: dict[int | str, dict[str, Any]] = {}
+    for code in sorted(set(codes)):
+        entry = {"model": ErrorResponse, **_ERRORS[code]}
+        if code in (429, 503):
+            entry["headers"] = _RETRY_AFTER
+        responses[code] = entry
+    return responses
 
 
 def json_body(model: type[BaseModel]) -> dict[str, Any]:
     """``openapi_extra`` describing a JSON body we parse ourselves (for the OpenAPI schema)."""
-    schema = model.model_json_schema()
+    schema = _inline_defs(model.model_json_schema())
     return {"requestBody": {"required": True, "content": {"application/json": {"schema": schema}}}}
+
+
+def _inline_defs(schema: dict[str, Any]) -> dict[str, Any]:
+    """The schema with its ``$defs`` references replaced by the definitions themselves.
+
+    Pydantic's ``#/$defs/...`` references are relative to the model's own schema; inside the
+    OpenAPI document they would point at its root, where nothing is defined, and clients and
+    fuzzers could not read the body's shape. The request models are not recursive.
+    """
+    defs: dict[str, Any] = schema.get("$defs", {})
+
+    def resolve(node: Any, seen: tuple[str, ...]) -> Any:
+        if isinstance(node, dict):
+            ref = node.get("$ref")
+            if isinstance(ref, str) and ref.startswith("#/$defs/"):
+                name = ref.removeprefix("#/$defs/")
+                if name in seen:
+                    raise ValueError(f"recursive request model {name} cannot be inlined")
+                rest = {k: v for k, v in node.items() if k != "$ref"}
+                return {**resolve(defs[name], (*seen, name)), **resolve(rest, seen)}
+            return {k: resolve(v, seen) for k, v in node.items() if k != "$defs"}
+        if isinstance(node, list):
+            return [resolve(item, seen) for item in node]
+        return node
+
+    inlined: dict[str, Any] = resolve(schema, ())
+    return inlined
 
 
 async def read_model(request: Request, model: type[M]) -> M:

@@ -13,17 +13,14 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
-from gateway.api.bodies import read_model
+from gateway.api.bodies import AUTH_ERRORS, error_responses, json_body, read_model
 from gateway.api.deps import GatewayState, get_state
 from gateway.errors import InvalidRequestError, NotFoundError
 from gateway.eval_backends import call_variant, record_score, route_variants
-from gateway.protocol import ErrorResponse
 
 router = APIRouter()
-_ERRORS: dict[int | str, dict[str, Any]] = {
-    400: {"model": ErrorResponse},
-    404: {"model": ErrorResponse},
-}
+_ERRORS = error_responses(404, *AUTH_ERRORS)
+_BODY_ERRORS = error_responses(400, 404, 413, *AUTH_ERRORS)
 _RUN_ID = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$"
 
 
@@ -52,7 +49,9 @@ async def describe_route(
     return {"route": name, "variants": {n: v.fingerprint() for n, v in variants.items()}}
 
 
-@router.post("/v1/evaluations/calls", responses=_ERRORS)
+@router.post(
+    "/v1/evaluations/calls", responses=_BODY_ERRORS, openapi_extra=json_body(EvalCallRequest)
+)
 async def evaluation_call(
     request: Request, state: Annotated[GatewayState, Depends(get_state)]
 ) -> dict[str, Any]:
@@ -62,7 +61,12 @@ async def evaluation_call(
     return outcome.to_json()
 
 
-@router.post("/v1/evaluations/scores", status_code=201, responses=_ERRORS)
+@router.post(
+    "/v1/evaluations/scores",
+    status_code=201,
+    responses=_BODY_ERRORS,
+    openapi_extra=json_body(EvalScoreRequest),
+)
 async def evaluation_score(
     request: Request, state: Annotated[GatewayState, Depends(get_state)]
 ) -> JSONResponse:

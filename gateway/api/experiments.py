@@ -8,14 +8,29 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Request
 
-from gateway.api.bodies import read_model
+from gateway.api.bodies import AUTH_ERRORS, error_responses, json_body, read_model
 from gateway.api.deps import GatewayState, get_state
-from gateway.errors import InvalidRequestError, NotFoundError
+from gateway.errors import GatewayError, InvalidRequestError, NotFoundError
 from gateway.experiments import analyse
-from gateway.protocol import ErrorResponse, PromoteRequest
+from gateway.protocol import PromoteRequest
 from gateway.routing import Route
+from gateway.stores import StoreError
 
 router = APIRouter()
+
+
+class StoreUnavailableError(GatewayError):
+    """The event database cannot be read or written now (503): retry later."""
+
+    status_code = 503
+    error_type = "api_error"
+    default_code = "store_unavailable"
+
+    def __init__(self, exc: StoreError) -> None:
+        super().__init__(
+            f"The event database is unavailable: {exc}. Retry later.",
+            headers={"Retry-After": "5"},
+        )
 
 
 def _route(state: GatewayState, name: str) -> Route:
@@ -25,21 +40,25 @@ def _route(state: GatewayState, name: str) -> Route:
     return route
 
 
-@router.get("/v1/experiments/{name}", responses={404: {"model": ErrorResponse}})
+@router.get("/v1/experiments/{name}", responses=error_responses(404, 503, *AUTH_ERRORS))
 async def get_experiment(
     name: str, state: Annotated[GatewayState, Depends(get_state)]
 ) -> dict[str, Any]:
     route = _route(state, name)
     await state.events.flush()
-    events = await asyncio.to_thread(state.events.store.events, name)
-    feedback = await asyncio.to_thread(state.events.store.feedback, name)
+    try:
+        events = await asyncio.to_thread(state.events.store.events, name)
+        feedback = await asyncio.to_thread(state.events.store.feedback, name)
+    except StoreError as exc:
+        raise StoreUnavailableError(exc) from exc
     promoted = route.promoted.name if route.promoted else None
     return analyse(name, route.spec, events, feedback, promoted=promoted)
 
 
 @router.post(
     "/v1/experiments/{name}/promote",
-    responses={400: {"model": ErrorResponse}, 404: {"model": ErrorResponse}},
+    responses=error_responses(400, 404, 413, 503, *AUTH_ERRORS),
+    openapi_extra=json_body(PromoteRequest),
 )
 async def promote(
     name: str, request: Request, state: Annotated[GatewayState, Depends(get_state)]
@@ -52,6 +71,9 @@ async def promote(
             param="variant",
         )
     # Persisted first, so a restart (or another replica at its start) keeps the decision.
-    await asyncio.to_thread(state.events.store.set_override, name, body.variant, time.time())
+    try:
+        await asyncio.to_thread(state.events.store.set_override, name, body.variant, time.time())
+    except StoreError as exc:
+        raise StoreUnavailableError(exc) from exc
     route.promoted = route.variants[body.variant]
     return {"route": name, "promoted": body.variant, "share": route.share()}

@@ -9,10 +9,10 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse
 
-from gateway.api.bodies import json_body, read_model
+from gateway.api.bodies import AUTH_ERRORS, error_responses, json_body, read_model
 from gateway.api.deps import GatewayState, get_state
 from gateway.errors import InvalidRequestError, NotFoundError
-from gateway.protocol import ErrorResponse, Feedback, FeedbackRequest
+from gateway.protocol import Feedback, FeedbackRequest
 
 router = APIRouter()
 
@@ -23,7 +23,7 @@ COMMENT = "comment"
     "/v1/feedback",
     status_code=201,
     response_model=Feedback,
-    responses={400: {"model": ErrorResponse}, 404: {"model": ErrorResponse}},
+    responses=error_responses(400, 404, 413, *AUTH_ERRORS),
     openapi_extra=json_body(FeedbackRequest),
 )
 async def create_feedback(

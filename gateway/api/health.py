@@ -3,14 +3,36 @@
 from __future__ import annotations
 
 import asyncio
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel
 
 from gateway.api.deps import GatewayState, get_state
 
 router = APIRouter()
+
+
+class EngineState(BaseModel):
+    ready: bool
+    #: e.g. ready, starting, restarting, unreachable
+    state: str
+    detail: str | None = None
+
+
+class Readiness(BaseModel):
+    status: Literal["ready", "not_ready"]
+    engines: dict[str, EngineState]
+
+
+_NOT_READY: dict[int | str, dict[str, Any]] = {
+    503: {
+        "model": Readiness,
+        "description": "Some engine is not ready; each engine's state is given",
+        "headers": {"Retry-After": {"description": "seconds", "schema": {"type": "string"}}},
+    }
+}
 
 
 @router.get("/health")
@@ -18,7 +40,7 @@ async def health() -> dict[str, str]:
     return {"status": "ok"}
 
 
-@router.get("/ready")
+@router.get("/ready", response_model=Readiness, responses=_NOT_READY)
 async def ready(state: Annotated[GatewayState, Depends(get_state)]) -> JSONResponse:
     names = list(state.engines)
     results = await asyncio.gather(*(state.engines[n].health() for n in names))

@@ -7,9 +7,10 @@ from typing import Annotated, Literal
 from fastapi import APIRouter, Depends
 from pydantic import BaseModel
 
+from gateway.api.bodies import AUTH_ERRORS, error_responses
 from gateway.api.deps import GatewayState, get_state
 from gateway.errors import ModelNotFoundError
-from gateway.protocol import ErrorResponse, ModelCard
+from gateway.protocol import ModelCard
 
 router = APIRouter()
 
@@ -45,7 +46,7 @@ def _cards(state: GatewayState) -> dict[str, ServedModelCard]:
     return cards
 
 
-@router.get("/v1/models", response_model=ServedModelList)
+@router.get("/v1/models", response_model=ServedModelList, responses=error_responses(*AUTH_ERRORS))
 async def list_models(state: Annotated[GatewayState, Depends(get_state)]) -> ServedModelList:
     return ServedModelList(data=list(_cards(state).values()))
 
@@ -53,7 +54,7 @@ async def list_models(state: Annotated[GatewayState, Depends(get_state)]) -> Ser
 @router.get(
     "/v1/models/{model_id:path}",
     response_model=ServedModelCard,
-    responses={404: {"model": ErrorResponse}},
+    responses=error_responses(404, *AUTH_ERRORS),
 )
 async def retrieve_model(
     model_id: str, state: Annotated[GatewayState, Depends(get_state)]

@@ -8,6 +8,7 @@ chain of thought mentions letters on its way ("A is wrong because ...") before i
 
 from __future__ import annotations
 
+import itertools
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -26,27 +27,38 @@ class Extraction:
 
 
 # A letter must not be glued to a following letter or digit: "Answer: Atrophy" is not "A".
-_LETTER = r"\**\s*(?:\((?P<p>[A-Za-z])\)|\[(?P<b>[A-Za-z])\]|(?P<l>[A-Z]))\**(?![A-Za-z0-9])"
+#
+# Runs of spaces and stars are matched possessively (``*+``, ``++``): where several of them meet
+# ("answer:", spaces, stars, spaces, then the letter), a backtracking match would try every way
+# to split a long run between them, and a reply of "Answer:" and a few thousand spaces took
+# seconds (cubic time) on the event loop. The tokens after each run can never match a space or
+# a star, so giving some back could never help: possessive runs match exactly the same texts.
+_LETTER = r"\**+\s*+(?:\((?P<p>[A-Za-z])\)|\[(?P<b>[A-Za-z])\]|(?P<l>[A-Z]))\**(?![A-Za-z0-9])"
 
 _EXPLICIT = re.compile(
-    r"(?P<phrase>\b(?:final\s+|correct\s+|best\s+)?answer\s*(?:is\s*)?\**\s*[:=]\s*\**\s*"
-    r"(?:option\s+|choice\s+)?)" + _LETTER,
+    r"(?P<phrase>\b(?:final\s+|correct\s+|best\s+)?answer\s*+(?:is\s*+)?\**+\s*+[:=]\s*+\**+\s*+"
+    r"(?:option\s++|choice\s++)?)" + _LETTER,
     re.IGNORECASE,
 )
 _STATED = re.compile(
-    r"(?P<phrase>\b(?:the\s+)?(?:final\s+|correct\s+|best\s+|right\s+|most\s+likely\s+)*"
-    r"(?:answer|option|choice)\s+(?:is|would\s+be|should\s+be|must\s+be|=)\s*:?\s*"
-    r"(?:option\s+|choice\s+|letter\s+)?)" + _LETTER,
+    # At most four qualifiers: unbounded, every word of "most likely most likely ..." would
+    # start a scan to the end of the run (quadratic time).
+    r"(?P<phrase>\b(?:the\s+)?(?:final\s+|correct\s+|best\s+|right\s+|most\s+likely\s+){0,4}"
+    r"(?:answer|option|choice)\s++(?:is|would\s+be|should\s+be|must\s+be|=)\s*+:?\s*+"
+    r"(?:option\s++|choice\s++|letter\s++)?)" + _LETTER,
     re.IGNORECASE,
 )
 # A reply that is only a letter, or starts with one: "C", "(C)", "C.", "C) Atrophy", "**C**".
-_BARE = re.compile(r"^\s*(?P<phrase>)" + _LETTER + r"(?:\s*[.):]|\s*$|\s)")
-_OPTION_LINE = re.compile(r"^\s*(?:\([A-J]\)|\[[A-J]\]|[A-J][.):])\s", re.MULTILINE)
-_TEXT_AFTER_ANSWER = re.compile(
-    r"(?P<phrase>\b(?:the\s+)?(?:final\s+|correct\s+|best\s+)?answer\s*(?:is\s*:?|:)\s*)"
-    r"(?P<rest>[^\n]+)",
+_BARE = re.compile(r"^\s*+(?P<phrase>)" + _LETTER + r"(?:\s*+[.):]|\s*+$|\s)")
+# Indentation within one line: a run of blank lines is not searched again from every line.
+_OPTION_LINE = re.compile(r"^[^\S\n]*+(?:\([A-J]\)|\[[A-J]\]|[A-J][.):])\s", re.MULTILINE)
+# Only the phrase: what follows it is read word by word (see _by_option_text), so that a phrase
+# inside the text after another ("Answer:\nThe answer is Atrophy.") is found too.
+_ANSWER_PHRASE = re.compile(
+    r"\b(?:the\s+)?(?:final\s+|correct\s+|best\s+)?answer\s*+(?:is\s*+:?|:)\s*+",
     re.IGNORECASE,
 )
+_WORD = re.compile(r"\w+")
 
 
 def extract_answer(text: str, options: Mapping[str, str]) -> Extraction | None:
@@ -87,22 +99,31 @@ def _letter_of(match: re.Match[str]) -> tuple[str, int, int]:
 def _by_option_text(text: str, options: Mapping[str, str]) -> Extraction | None:
     """'The answer is Atrophy.': the option whose text the answer phrase names, if exactly one."""
     found: Extraction | None = None
-    for match in _TEXT_AFTER_ANSWER.finditer(text):
-        stated = _normalise(match.group("rest"))
-        hits = [
-            letter
-            for letter, option in options.items()
-            if _normalise(option) and stated.startswith(_normalise(option))
-        ]
+    named = {letter: words for letter, option in options.items() if (words := _words(option))}
+    if not named:
+        return None
+    longest = max(len(words) for words in named.values())
+    for match in _ANSWER_PHRASE.finditer(text):
+        # The words after the phrase, on its line, as many as the longest option has: enough to
+        # compare, and bounded, so many phrases on one long line stay cheap.
+        at = match.end()
+        line_end = text.find("\n", at)
+        stated = _words(text, at, len(text) if line_end < 0 else line_end, limit=longest)
+        # Whole words: "cellulose" does not name the option "Cell".
+        hits = [letter for letter, words in named.items() if stated[: len(words)] == words]
         if len(hits) == 1:
             # No letter in the text: the span is empty, at the start of the named text.
-            at = match.start("rest")
-            found = Extraction(hits[0], at, at, match.start("phrase"))
+            found = Extraction(hits[0], at, at, match.start())
     return found
 
 
-def _normalise(text: str) -> str:
-    return " ".join(re.sub(r"[^\w\s]", " ", text.lower()).split())
+def _words(
+    text: str, start: int = 0, end: int | None = None, limit: int | None = None
+) -> list[str]:
+    """The lower-cased words of ``text[start:end]`` (punctuation and spacing ignored)."""
+    end = len(text) if end is None else end
+    words = (m.group().lower() for m in _WORD.finditer(text, start, end))
+    return list(itertools.islice(words, limit))
 
 
 def rewrite_letter(text: str, extraction: Extraction, letter: str) -> str:
@@ -117,8 +138,8 @@ def rewrite_letter(text: str, extraction: Extraction, letter: str) -> str:
 # must not become "a D cell".
 _NAMED_LETTER = re.compile(
     r"\((?P<p>[A-J])\)"
-    r"|\b(?:option|choice|answer)\s+(?P<w>[A-J])\b"
-    r"|^(?P<s>\s*)(?P<h>[A-J])(?=[.)]\s)",
+    r"|\b(?:option|choice|answer)\s++(?P<w>[A-J])\b"
+    r"|^(?P<s>[^\S\n]*+)(?P<h>[A-J])(?=[.)]\s)",
     re.MULTILINE | re.IGNORECASE,
 )
 
