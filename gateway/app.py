@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 from collections.abc import AsyncIterator
 from typing import Any
@@ -87,6 +88,10 @@ def create_app(
             problems = check_routes(config, state.target_names(), _pipeline_names(state))
             if problems:
                 raise ConfigError("gateway.yaml", problems)
+            # Everything built so far lives as long as the process: keep the garbage collector
+            # from walking it again and again (a full pass over the imported libraries took
+            # 37 ms and set the p99 of added latency).
+            gc.freeze()
             yield
 
     app = FastAPI(

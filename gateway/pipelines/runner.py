@@ -8,6 +8,7 @@ then, and the embedding model is warmed in a background thread. Model calls go t
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import threading
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
@@ -425,3 +426,5 @@ def _quietly(load: Callable[[], object]) -> None:
         load()
     except Exception:
         log.exception("loading the embedding model failed; retrieval will retry on first use")
+        return
+    gc.freeze()  # the model lives as long as the process: out of the collector's way (app.py)
