@@ -50,7 +50,7 @@ class InvalidAdapterError(InvalidRequestError):
 
 def check_name(name: str) -> str:
     """Refuse anything that is not a plain adapter name (paths, ``..``, upper case)."""
-    if not ADAPTER_NAME.match(name):
+    if not ADAPTER_NAME.fullmatch(name):
         raise InvalidAdapterError(
             f"'{name}' is not a valid adapter name: names match {ADAPTER_NAME.pattern}.",
             param="name",
@@ -259,7 +259,7 @@ class AdapterRegistry:
         raise AdapterNotFoundError(name)
 
     def _read(self, folder: Path, name: str) -> Adapter:
-        if not ADAPTER_NAME.match(name):
+        if not ADAPTER_NAME.fullmatch(name):
             raise AdapterProblems(
                 [
                     f"{folder / name}: '{name}' is not a valid adapter name "

@@ -11,6 +11,7 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -102,6 +103,7 @@ def create_app(
     )
     app.add_middleware(BodySizeLimit, max_bytes=config.limits.max_body_bytes)
     install_error_handlers(app)
+    app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
     # Health probes are open; chat checks its key itself, so refusals are logged as events.
     app.include_router(health.router)
     app.include_router(chat.router)
@@ -110,6 +112,21 @@ def create_app(
     for admin in (experiments, evaluations, metrics, adapters_api):
         app.include_router(admin.router, dependencies=scoped("admin"))
     return app
+
+
+def _openapi(app: FastAPI) -> dict[str, Any]:
+    """FastAPI's schema without the 422 it adds to every operation: this gateway answers 400."""
+    if app.openapi_schema is None:
+        schema = get_openapi(
+            title=app.title, version=app.version, summary=app.summary, routes=app.routes
+        )
+        for path in schema.get("paths", {}).values():
+            for operation in path.values():
+                operation.get("responses", {}).pop("422", None)
+        for name in ("HTTPValidationError", "ValidationError"):
+            schema.get("components", {}).get("schemas", {}).pop(name, None)
+        app.openapi_schema = schema
+    return app.openapi_schema
 
 
 async def _stop_engines(engines: dict[str, Engine]) -> None:

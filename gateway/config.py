@@ -218,7 +218,11 @@ class VariantSpec(_Spec):
     target: str = Field(description="a model id or an adapter name")
     pipeline: str = "plain"
     weight: float = Field(
-        default=0.0, ge=0, description="relative share; 0: only pinned, shadow or fallback"
+        default=0.0,
+        ge=0,
+        le=1e6,
+        allow_inf_nan=False,
+        description="relative share; 0: only pinned, shadow or fallback",
     )
     params: SamplingSpec = Field(default_factory=SamplingSpec)
 
@@ -360,6 +364,10 @@ def load_config(path: Path | None, *, resolve: bool = True) -> GatewayConfig:
             ) from None
         except OSError as exc:
             raise ConfigError(source, [f"cannot read the file: {exc.strerror}"]) from None
+        except UnicodeDecodeError as exc:
+            raise ConfigError(
+                source, [f"byte {exc.start} is not UTF-8. Fix: save the file as UTF-8."]
+            ) from None
     config = parse_config(text, source)
     config._base_dir = path.parent.resolve() if path else None
     if resolve:
@@ -371,6 +379,8 @@ def parse_config(text: str, source: str) -> GatewayConfig:
     """Phase 1: YAML syntax and the schema."""
     try:
         data = yaml.safe_load(text)
+    except RecursionError:
+        raise ConfigError(source, ["the YAML is nested too deeply to read"]) from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
@@ -386,7 +396,11 @@ def parse_config(text: str, source: str) -> GatewayConfig:
 
 def _describe(err: Mapping[str, Any]) -> str:
     """One pydantic error as 'key.path: problem. Fix: ...'."""
-    loc = ".".join(str(part) for part in err["loc"] if part not in ("vllm", "litellm"))
+    # Pydantic puts the union's tag after a model id (models.NAME.vllm.urls); only that goes.
+    parts = list(err["loc"])
+    if len(parts) > 2 and parts[0] == "models" and parts[2] in ("vllm", "litellm"):
+        del parts[2]
+    loc = ".".join(str(part) for part in parts)
     kind = err["type"]
     key = loc or "(top level)"
     if kind == "extra_forbidden":

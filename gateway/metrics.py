@@ -66,6 +66,11 @@ class Metrics:
                     "Events written to the database.",
                     lambda: stats.written,
                 ),
+                (
+                    "switchboard_events_quarantined",
+                    "Rows the database refused as data, moved to spool/quarantine.jsonl.",
+                    lambda: stats.quarantined,
+                ),
             ):
                 Gauge(name, doc, registry=self.registry).set_function(read)
 

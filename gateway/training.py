@@ -171,7 +171,7 @@ def resolve_base(config: GatewayConfig, model_id: str, settings: Settings) -> Ba
 
 def check_options(options: TrainOptions) -> None:
     name = options.out.name
-    if not ADAPTER_NAME.match(name):
+    if not ADAPTER_NAME.fullmatch(name):
         raise TrainingError(
             f"--out: the folder name '{name}' is the adapter's name and must match "
             f"{ADAPTER_NAME.pattern}. Fix: e.g. --out adapters/my-adapter"

@@ -33,7 +33,14 @@ _RESPONSES: dict[int | str, dict[str, Any]] = {
         "chat.completion.chunk events ending in `data: [DONE]`.",
         "content": {
             "application/json": {"schema": {"type": "object"}},
-            "text/event-stream": {"schema": {"type": "string"}},
+            # OpenAPI 3.1: the schema of one server-sent event.
+            "text/event-stream": {
+                "schema": {
+                    "type": "object",
+                    "required": ["data"],
+                    "properties": {"data": {"type": "string"}},
+                }
+            },
         },
     },
     **{code: {"model": ErrorResponse} for code in (400, 401, 403, 404, 413, 429, 502, 503, 504)},

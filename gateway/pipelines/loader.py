@@ -149,7 +149,7 @@ def config_problems(config: GatewayConfig) -> list[str]:
 def load_pipeline(name: str, folder: Path, *, with_bank: bool = True) -> Pipeline:
     """Load and check one pipeline; ``with_bank=False`` skips the bank (to build it)."""
     path = folder / PIPELINE_FILE
-    if not PIPELINE_NAME.match(name):
+    if not PIPELINE_NAME.fullmatch(name):
         raise PipelineError(
             [
                 f"{folder}: '{name}' is not a pipeline name. Fix: rename the folder to lower-case "

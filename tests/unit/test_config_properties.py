@@ -450,16 +450,14 @@ def test_a_trailing_newline_is_not_part_of_a_name(model: str, sticky_key: str) -
         parse_config(dump(data), SOURCE)
 
 
-# -- found by the properties above; fixes belong in gateway/config.py -----------------------------
+# -- found by the properties above, fixed in gateway/config.py -----------------------------
 
 
-@pytest.mark.xfail(strict=True, reason="config.py parse_config: RecursionError escapes raw")
 def test_deeply_nested_yaml_is_a_config_error() -> None:
     with pytest.raises(ConfigError):
         parse_config("models: " + "[" * 5000 + "]" * 5000, SOURCE)
 
 
-@pytest.mark.xfail(strict=True, reason="config.py load_config: UnicodeDecodeError escapes raw")
 def test_a_file_that_is_not_utf8_is_a_config_error(tmp_path: Path) -> None:
     path = tmp_path / "gateway.yaml"
     path.write_bytes(b"models: {m: {engine: vllm, urls: [http://h:1]}}\n# caf\xe9\n")
@@ -467,11 +465,6 @@ def test_a_file_that_is_not_utf8_is_a_config_error(tmp_path: Path) -> None:
         load_config(path, resolve=False)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="config.py VariantSpec.weight accepts .inf (and weights whose sum overflows); "
-    "the Router then fails at startup with 'cannot convert float NaN to integer'",
-)
 @pytest.mark.parametrize("route_weights", [[math.inf, 1.0], [1e308, 1e308]])
 def test_weights_that_accept_build_a_router(route_weights: list[float]) -> None:
     variants = {f"v{i}": {"target": "m", "weight": w} for i, w in enumerate(route_weights)}
@@ -488,11 +481,6 @@ def test_weights_that_accept_build_a_router(route_weights: list[float]) -> None:
     Router(config)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="config.py _describe drops every 'vllm'/'litellm' part of an error path, not just "
-    "the union tag pydantic inserts after a model id",
-)
 def test_a_model_named_like_an_engine_is_named_in_errors() -> None:
     with pytest.raises(ConfigError) as raised:
         parse_config("models:\n  vllm: {engine: vllm, urls: [1]}\n", SOURCE)

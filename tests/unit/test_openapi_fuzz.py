@@ -188,12 +188,6 @@ def test_not_ready_is_a_documented_503(fuzz_app: FastAPI) -> None:
     assert response.headers["retry-after"] == ["5"]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="gateway/api/chat.py: with OpenAPI 3.1 the text/event-stream schema describes each "
-    "event ({data, event, id}), not the stream as a string (lead: "
-    '{"type": "object", "required": ["data"], "properties": {"data": {"type": "string"}}})',
-)
 @pytest.mark.parametrize("fuzz_app", ["open"], indirect=True)
 def test_a_stream_answers_as_documented(fuzz_app: FastAPI) -> None:
     response = call(fuzz_app, "/v1/chat/completions", "POST", body={**CHAT, "stream": True})
