@@ -1,0 +1,1 @@
+"""Benchmarks, and the upstream double the gateway's tests share (``bench.upstream``)."""
