@@ -22,6 +22,7 @@ from gateway.api import adapters as adapters_api
 from gateway.api import chat, evaluations, experiments, feedback, health, metrics, models
 from gateway.api.access import scoped
 from gateway.api.deps import GatewayState
+from gateway.api.hot_path import ChatHotPath
 from gateway.auth import KeyRing
 from gateway.config import PACKAGED_PREFIX, GatewayConfig, VLLMModel
 from gateway.dispatch import Dispatcher
@@ -101,6 +102,8 @@ def create_app(
         summary="OpenAI-compatible inference gateway",
         lifespan=lifespan,
     )
+    # Starlette runs the last added outermost: the body limit sees every request first.
+    app.add_middleware(ChatHotPath)
     app.add_middleware(BodySizeLimit, max_bytes=config.limits.max_body_bytes)
     install_error_handlers(app)
     app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]

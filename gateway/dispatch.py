@@ -348,12 +348,21 @@ class Dispatcher:
         ctx: RequestContext,
     ) -> AsyncIterator[bytes]:
         """Pass bytes through; a failure or a stall midway ends with an error event, no [DONE]."""
-        tail = first[-_TAIL_BYTES:]
+        tail = b""
         gap = self.reliability.stream_gap_s
         loop = asyncio.get_running_loop()
+        chunk = first
         try:
-            yield first
             while True:
+                if _INBAND_ERROR in chunk:
+                    # The engine failed midway and said so in-band (vLLM does): pass its error
+                    # event on, but not the [DONE] after it, and log the attempt as failed.
+                    head, error = _split_inband_error(chunk)
+                    self._finish(event, error=error, ctx=ctx)
+                    yield head
+                    return
+                tail = (tail + chunk)[-_TAIL_BYTES:]
+                yield chunk
                 # Each wait is bounded by the gap limit and the request's deadline; the yield
                 # stays outside, so a slow client is never mistaken for a stalled engine.
                 stall_at = loop.time() + gap
@@ -370,15 +379,6 @@ class Dispatcher:
                             f"The engine sent nothing for {gap:g} s; the stream was ended."
                         ) from None
                     raise self._deadline_error() from None
-                if _INBAND_ERROR in chunk:
-                    # The engine failed midway and said so in-band (vLLM does): pass its error
-                    # event on, but not the [DONE] after it, and log the attempt as failed.
-                    head, error = _split_inband_error(chunk)
-                    self._finish(event, error=error, ctx=ctx)
-                    yield head
-                    return
-                tail = (tail + chunk)[-_TAIL_BYTES:]
-                yield chunk
         except GatewayError as exc:
             self._finish(event, error=exc, ctx=ctx)
             yield b"data: " + orjson.dumps(exc.to_dict()) + b"\n\n"

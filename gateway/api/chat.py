@@ -4,17 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Awaitable
-from typing import Any, TypeVar
+from typing import Any
 
 import orjson
 from fastapi import APIRouter, Request, Response
-from fastapi.responses import StreamingResponse
 from pydantic import ValidationError
 
 from gateway.api.access import BEARER
 from gateway.api.bodies import invalid_from_validation, json_body, parse_json_object
 from gateway.api.deps import GatewayState, require_dispatcher
+from gateway.api.streaming import DisconnectWatch, EventStream
 from gateway.auth import ApiKey
 from gateway.config import LimitsSpec
 from gateway.dispatch import RequestContext
@@ -26,7 +25,6 @@ router = APIRouter()
 
 INFERENCE_ID = "x-switchboard-inference-id"
 
-_SSE_HEADERS = {"cache-control": "no-cache", "x-accel-buffering": "no"}
 _RESPONSES: dict[int | str, dict[str, Any]] = {
     200: {
         "description": "A chat.completion object; with `stream: true`, server-sent "
@@ -45,7 +43,6 @@ _RESPONSES: dict[int | str, dict[str, Any]] = {
     },
     **{code: {"model": ErrorResponse} for code in (400, 401, 403, 404, 413, 429, 502, 503, 504)},
 }
-T = TypeVar("T")
 
 
 @router.post(
@@ -73,20 +70,25 @@ async def create_chat_completion(request: Request) -> Response:
         admission.reserve(estimate_tokens(chat))
         ctx = dispatcher.new_context()
         admission.ctx = ctx
-        if chat.stream:
-            # The dispatcher pulls the first chunk before we answer, so a failure before the
-            # first byte is still an HTTP error with its status, not a 200 with an error inside.
-            stream, headers = await cancel_on_disconnect(
-                request, dispatcher.stream(chat, body, request.headers, ctx)
-            )
-            relay = admission.release_after(stream)
-            admission = None  # the stream releases it when it ends
-            return StreamingResponse(
-                relay, media_type="text/event-stream", headers={**_SSE_HEADERS, **headers}
-            )
-        result, headers = await cancel_on_disconnect(
-            request, dispatcher.complete(chat, body, request.headers, ctx)
-        )
+        watching = DisconnectWatch(request.receive)
+        watch: DisconnectWatch | None = watching
+        try:
+            if chat.stream:
+                # The dispatcher pulls the first chunk before we answer, so a failure before
+                # the first byte is still an HTTP error with its status, not a 200 with an
+                # error inside.
+                stream, headers = await dispatcher.stream(chat, body, request.headers, ctx)
+                response = EventStream(stream, headers, watching, admission.release)
+                watch = admission = None  # the stream ends them
+                return response
+            result, headers = await dispatcher.complete(chat, body, request.headers, ctx)
+        except asyncio.CancelledError:
+            if watch is None or not watch.absorbs():
+                raise
+            raise ClientClosedRequest() from None
+        finally:
+            if watch is not None:
+                watch.stop()
     except ClientClosedRequest:
         raise  # the attempt was logged as cancelled; nobody is left to answer
     except GatewayError as exc:
@@ -126,42 +128,6 @@ class Admission:
         self.state.gate.leave()
         if self.reserved and self.ctx is not None:
             self.state.limiter.settle(self.key, self.reserved, self.ctx.tokens)
-
-    async def release_after(self, stream: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
-        try:
-            async for chunk in stream:
-                yield chunk
-        finally:
-            await stream.aclose()  # type: ignore[attr-defined]
-            self.release()
-
-
-async def cancel_on_disconnect(request: Request, work: Awaitable[T]) -> T:
-    """Run ``work``; if the client disconnects meanwhile, cancel it (and its upstream call).
-
-    The body has been read, so the next ASGI message can only be the disconnect. Streams,
-    once they answer, are watched by Starlette's own disconnect listener.
-    """
-    task = asyncio.current_task()
-    assert task is not None
-    gone = False
-
-    async def watch() -> None:
-        nonlocal gone
-        while (await request.receive())["type"] != "http.disconnect":
-            pass
-        gone = True
-        task.cancel()
-
-    watcher = asyncio.create_task(watch())
-    try:
-        return await work
-    except asyncio.CancelledError:
-        if gone and task.uncancel() == 0:
-            raise ClientClosedRequest() from None
-        raise
-    finally:
-        watcher.cancel()
 
 
 def validate_request(body: dict[str, Any]) -> ChatCompletionRequest:

@@ -272,3 +272,28 @@ async def test_a_slow_but_steady_stream_is_not_a_stall(gap: float, gateway: AppF
     async with gateway({"fake": Drip("fake")}, config("{stream_gap_s: 0.3}")) as (_, raw):
         resp = await raw.post("/v1/chat/completions", json={**CHAT, "stream": True})
     assert resp.text.rstrip().endswith("data: [DONE]")
+
+
+@pytest.mark.parametrize("together", [True, False])
+async def test_an_in_band_error_ends_the_stream_without_done(
+    together: bool, gateway: AppFactory, tmp_path: Path
+) -> None:
+    error = b'data: {"error": {"message": "engine died", "type": "InternalServerError"}}\n\n'
+
+    class Failing(FakeEngine):
+        async def chat_stream(self, body: dict[str, Any]) -> AsyncIterator[bytes]:
+            pieces = [*sse(["a", "b"]), error, b"data: [DONE]\n\n"]
+            if together:  # one network read can carry every event
+                yield b"".join(pieces)
+                return
+            for piece in pieces:
+                yield piece
+
+    async with gateway({"fake": Failing("fake")}, config("{}")) as (_, raw):
+        resp = await raw.post("/v1/chat/completions", json={**CHAT, "stream": True})
+    assert resp.status_code == 200
+    assert "[DONE]" not in resp.text
+    assert resp.text.endswith(error.decode())
+    [event] = events(tmp_path / "home")
+    assert event["status"] == "error"
+    assert event["error_code"] == "stream_failed"

@@ -1,0 +1,84 @@
+"""Answering a chat completion: watching for the client to leave, and the event stream.
+
+One disconnect watcher per request serves both phases: while the dispatcher works (before the
+first byte) and while a stream is sent. When the client leaves, the watcher cancels the
+request's task, and the cancellation closes the upstream call (so vLLM stops generating).
+
+``EventStream`` replaces Starlette's StreamingResponse on the hot path: it needs no task group
+of its own (the watcher is already running), which took about 0.1 ms off time to first token.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable, Mapping
+
+from starlette.responses import Response
+from starlette.types import Receive, Scope, Send
+
+_SSE_HEADERS = [
+    (b"content-type", b"text/event-stream; charset=utf-8"),
+    (b"cache-control", b"no-cache"),
+    (b"x-accel-buffering", b"no"),
+]
+
+
+class DisconnectWatch:
+    """Cancels the current task when the client disconnects (the body must be read already:
+    the next ASGI message can then only be the disconnect)."""
+
+    def __init__(self, receive: Receive) -> None:
+        task = asyncio.current_task()
+        assert task is not None, "a watch runs inside a request's task"
+        self._task = task
+        self.gone = False
+        self._watcher = asyncio.create_task(self._watch(receive))
+
+    async def _watch(self, receive: Receive) -> None:
+        while (await receive())["type"] != "http.disconnect":
+            pass
+        self.gone = True
+        self._task.cancel()
+
+    def absorbs(self) -> bool:
+        """After a CancelledError: whether it came from the disconnect (and is now spent)."""
+        return self.gone and self._task.uncancel() == 0
+
+    def stop(self) -> None:
+        self._watcher.cancel()
+
+
+class EventStream(Response):
+    """Server-sent events passed through as they come; the watch and ``on_close`` end with it.
+
+    A ``Response`` by type only (as Starlette's StreamingResponse): it sends itself.
+    """
+
+    def __init__(
+        self,
+        chunks: AsyncIterator[bytes],
+        headers: Mapping[str, str],
+        watch: DisconnectWatch,
+        on_close: Callable[[], None],
+    ) -> None:
+        self.status_code = 200
+        self.background = None
+        self.chunks = chunks
+        self.sse_headers = _SSE_HEADERS + [(k.encode(), v.encode()) for k, v in headers.items()]
+        self.watch = watch
+        self.on_close = on_close
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await send({"type": "http.response.start", "status": 200, "headers": self.sse_headers})
+            async for chunk in self.chunks:
+                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+        except asyncio.CancelledError:
+            if not self.watch.absorbs():
+                raise
+            # The client left: the relay below is closed, which ends the upstream call.
+        finally:
+            self.watch.stop()
+            await self.chunks.aclose()  # type: ignore[attr-defined]
+            self.on_close()
