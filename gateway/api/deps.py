@@ -40,6 +40,7 @@ class GatewayState:
     keyring: KeyRing = field(default_factory=lambda: KeyRing([]))
     limiter: RateLimiter = field(default_factory=RateLimiter)
     gate: ConcurrencyGate = field(default_factory=lambda: ConcurrencyGate(None))
+    _base_targets: dict[str, Target] = field(default_factory=dict, repr=False)
 
     def target_names(self) -> set[str]:
         """Every name a variant or a client may use as a target."""
@@ -48,9 +49,14 @@ class GatewayState:
 
     def target_for(self, name: str) -> Target:
         """The target a client's ``model`` names: a base model or an adapter."""
+        target = self._base_targets.get(name)
+        if target is not None:
+            return target
         engine = self.engines.get(name)
         if engine is not None:
-            return base_target(name, engine)
+            # Base targets never change: built once, not on every lookup of every request.
+            target = self._base_targets[name] = base_target(name, engine)
+            return target
         target = self.adapters.target(name) if self.adapters is not None else None
         if target is None:
             raise ModelNotFoundError(name)

@@ -15,6 +15,7 @@ from typing import Any
 
 import aiohttp
 import orjson
+from yarl import URL
 
 from gateway.engines.base import EngineHealth
 from gateway.engines.supervisor import VLLMSupervisor
@@ -53,6 +54,7 @@ class VLLMEngine:
             self._headers["authorization"] = f"Bearer {api_key}"
         self._timeout_s = timeout_s
         self._session: aiohttp.ClientSession | None = None
+        self._parsed: dict[tuple[str, str], URL] = {}
         #: told the ``model`` of a request vLLM answered 404 for (an adapter it lost)
         self.on_model_missing: Callable[[str], None] | None = None
 
@@ -108,7 +110,7 @@ class VLLMEngine:
 
     async def chat_stream(self, body: dict[str, Any]) -> AsyncIterator[bytes]:
         session = self._require_session()
-        url = f"{self._base_url()}/v1/chat/completions"
+        url = self._url(self._base_url(), "/v1/chat/completions")
         try:
             resp = await session.post(url, data=orjson.dumps(body), headers=self._headers)
         except (aiohttp.ClientError, TimeoutError) as exc:
@@ -137,7 +139,7 @@ class VLLMEngine:
         self, path: str, body: dict[str, Any], url: str | None = None
     ) -> tuple[int, bytes, Mapping[str, str]]:
         session = self._require_session()
-        target = f"{url or self._base_url()}{path}"
+        target = self._url(url or self._base_url(), path)
         try:
             async with asyncio.timeout(self._timeout_s):
                 async with session.post(
@@ -193,6 +195,13 @@ class VLLMEngine:
             self.on_model_missing(str(body.get("model")))
 
     # -- helpers --------------------------------------------------------------------------------
+
+    def _url(self, base: str, path: str) -> URL:
+        """Parsed once per address: aiohttp parses a string URL on every request."""
+        url = self._parsed.get((base, path))
+        if url is None:
+            url = self._parsed[(base, path)] = URL(base + path)
+        return url
 
     def _require_session(self) -> aiohttp.ClientSession:
         if self._session is None:

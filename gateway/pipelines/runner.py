@@ -153,17 +153,21 @@ class PipelineRunner:
         upstream = {k: v for k, v in body.items() if k != "switchboard"}
         if spec.passthrough or question is None:
             upstream["messages"] = self._freeform(spec, upstream["messages"])
-            reader = StreamReader()
+            # Reading the stream only pays when there is an answer to find; usage the
+            # dispatcher takes from the stream's tail itself.
+            reader = StreamReader() if question is not None else None
             chunks = target.chat_stream(upstream)
             try:
                 async for chunk in chunks:
-                    reader.feed(chunk)
+                    if reader is not None:
+                        reader.feed(chunk)
                     yield chunk
             finally:
                 await chunks.aclose()  # type: ignore[attr-defined]
             if on_result is not None:
-                answer = _read(reader.content, question) if question else None
-                on_result(PipelineResult({}, answer, {}, 1, reader.usage))
+                answer = _read(reader.content, question) if reader and question else None
+                usage = reader.usage if reader is not None else {}
+                on_result(PipelineResult({}, answer, {}, 1, usage))
             return
         result = await self._vote(spec, question, target, upstream, chat)
         if on_result is not None:
