@@ -55,8 +55,10 @@ def create_app(
         registry = load_registry(config, settings, "gateway.yaml")
         # Pipelines too: a broken template fails here, naming its file and line.
         runner = PipelineRunner.from_config(config)
-        if engines is None:
-            runner.warm_up()  # a real serve: load the embedding model off the request path
+        if engines is None and _routes_retrieve(config, runner):
+            # A real serve whose routes use retrieval: load the embedding model (and torch,
+            # ~350 MB) off the request path. Otherwise it loads on first use, if ever.
+            runner.warm_up()
         built = engines if engines is not None else await build_engines(config, settings)
         await start_engines(built)
         async with contextlib.AsyncExitStack() as stack:
@@ -157,6 +159,16 @@ async def _promotions(events: EventLog) -> dict[str, str]:
     except StoreError as exc:
         log.warning("promotions not loaded (%s); routes use their configured weights", exc)
         return {}
+
+
+def _routes_retrieve(config: GatewayConfig, runner: PipelineRunner) -> bool:
+    names = set(runner.names())
+    return any(
+        runner.get(variant.pipeline).spec.retrieve is not None
+        for route in config.routes.values()
+        for variant in route.variants.values()
+        if variant.pipeline in names
+    )
 
 
 def _pipeline_names(state: GatewayState) -> set[str]:
