@@ -12,7 +12,7 @@ PIP := $(BIN)/python -m pip
 STAMP := $(VENV)/.installed-$(ENGINE)
 PYTEST_ARGS ?=
 
-.PHONY: install prepare serve test test-fast lint clean system-deps demo-adapter
+.PHONY: install prepare serve test test-fast lint clean system-deps demo-adapter bench
 
 install: $(STAMP)
 
@@ -65,9 +65,29 @@ test-fast: install
 	$(BIN)/python -m pytest -m "not slow and not disruptive" $(PYTEST_ARGS)
 
 lint: install
-	$(BIN)/ruff check gateway tests
-	$(BIN)/ruff format --check gateway tests
+	$(BIN)/ruff check gateway tests bench
+	$(BIN)/ruff format --check gateway tests bench
 	$(BIN)/mypy
 
+# Switchboard against the LiteLLM proxy on the same upstream double (bench/README.md): 10 to
+# 11 minutes; BENCH_ARGS=--quick for about 3. LiteLLM gets its own virtualenv, so its pins can
+# never change the gateway's.
+LITELLM_VENV := .venv-litellm
+LITELLM_VERSION := 1.105.3
+LITELLM_STAMP := $(LITELLM_VENV)/.installed-$(LITELLM_VERSION)
+BENCH_ARGS ?=
+
+$(LITELLM_STAMP):
+	@test -x $(LITELLM_VENV)/bin/python || $(PYTHON) -m venv $(LITELLM_VENV)
+	$(LITELLM_VENV)/bin/python -m pip install -q --upgrade pip
+	$(LITELLM_VENV)/bin/python -m pip install -q 'litellm[proxy]==$(LITELLM_VERSION)'
+	@rm -f $(LITELLM_VENV)/.installed-*
+	@touch $@
+
+bench: install $(LITELLM_STAMP)
+	@mkdir -p build/bench
+	$(BIN)/python -m bench.gateway_bench --out build/bench/gateway_bench.json \
+	  --markdown build/bench/gateway_bench.md $(BENCH_ARGS)
+
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(LITELLM_VENV) .pytest_cache .mypy_cache .ruff_cache
