@@ -69,6 +69,8 @@ STREAM_CHUNKS, STREAM_GAP_MS = 16, 2.0
 # until the last has been running for STREAM_OVERLAP_S.
 DRIP_GAP_MS = 50.0
 STREAM_ARRIVAL = 50.0
+# The warm-up burst before the idle memory sample (requests/s for 1 s, then streams).
+WARM_RATE = 100.0
 STREAM_OVERLAP_S = 2.0
 STALL_S = 0.25  # a gap this long in a 50 ms drip is a stall a reader would notice
 SWEEP_STOP_P99_S = 0.050  # a gateway's sweep ends after the first rate over this (or errors)
@@ -545,6 +547,11 @@ async def measure(bench: Bench, phases: set[str]) -> None:
         for _ in range(200):
             await client.one()
         client.close()
+        # A short burst and a batch of concurrent streams before the idle sample, so that
+        # "after" compares steady states: a process keeps the buffers its first peak needed
+        # (pymalloc does not give arenas back), which is not growth under load.
+        await constant_rate(bench.endpoint(target), WARM_RATE, 1.0)
+        await constant_rate(bench.endpoint(target, stream=True), WARM_RATE, 1.0, stream=True)
     await bench.settle()
     await asyncio.sleep(2)
     for target in bench.rss:

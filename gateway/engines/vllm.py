@@ -2,8 +2,8 @@
 
 One pooled ``aiohttp`` session per engine, so requests reuse keep-alive connections. aiohttp,
 not httpx: on the gateway's hot path httpx cost about 1 ms per request against aiohttp's 0.2 ms
-(bench/README.md, "HTTP client"). Streams are passed through as the bytes vLLM sends; nothing
-is re-parsed on the way.
+(docs/benchmarks.md, "Where Switchboard's time went"). Streams are passed through as the
+bytes vLLM sends; nothing is re-parsed on the way.
 """
 
 from __future__ import annotations
