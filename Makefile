@@ -61,7 +61,7 @@ system-deps:
 test: prepare system-deps
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
-test-fast: install
+test-fast: install system-deps
 	$(BIN)/python -m pytest -m "not slow and not disruptive" $(PYTEST_ARGS)
 
 lint: install
