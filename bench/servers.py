@@ -162,8 +162,11 @@ def start_upstream(
     )
 
 
-def start_switchboard(workdir: Path, cpus: set[int], upstream_url: str) -> Server:
-    config = fill("switchboard.yaml", workdir, upstream_url)
+def start_switchboard(
+    workdir: Path, cpus: set[int], upstream_url: str, config: Path | None = None
+) -> Server:
+    """``gateway serve`` on bench/switchboard.yaml, or on ``config``; its home in ``workdir``."""
+    config = config or fill("switchboard.yaml", workdir, upstream_url)
     home = workdir / "switchboard-home"
     home.mkdir(exist_ok=True)
     port = free_port()

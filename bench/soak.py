@@ -16,9 +16,7 @@ import argparse
 import asyncio
 import os
 import random
-import signal
 import sqlite3
-import subprocess
 import sys
 import tempfile
 import time
@@ -30,8 +28,8 @@ import psutil
 from rich.console import Console
 from rich.table import Table
 
+from bench.servers import start_switchboard
 from bench.upstream import UpstreamDouble
-from gateway.engines.supervisor import free_port
 
 console = Console()
 
@@ -132,33 +130,25 @@ def main() -> int:
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory(prefix="soak-") as tmp, UpstreamDouble(chunks=8) as upstream:
-        home = Path(tmp)
-        (home / "gateway.yaml").write_text(CONFIG.format(url=upstream.url))
-        port = free_port()
-        env = {**os.environ, "GATEWAY_HOME": str(home), "GATEWAY_LOG_LEVEL": "warning"}
-        log = (home / "gateway.log").open("wb")
-        gateway = subprocess.Popen(
-            [sys.executable, "-m", "gateway", "serve", "--config", str(home / "gateway.yaml"),
-             "--port", str(port)],
-            env=env, stdout=log, stderr=subprocess.STDOUT,
-        )  # fmt: skip
-        url = f"http://127.0.0.1:{port}"
+        workdir = Path(tmp)
+        config = workdir / "gateway.yaml"
+        config.write_text(CONFIG.format(url=upstream.url))
+        cpus = os.sched_getaffinity(0)
+        gateway = start_switchboard(workdir, cpus, upstream.url, config=config)
+        home = workdir / "switchboard-home"
         try:
-            _wait_ready(url, gateway)
-            asyncio.run(load(url, upstream, 5, args.concurrency))  # warm-up: pools, caches
+            asyncio.run(load(gateway.url, upstream, 5, args.concurrency))  # warm-up
             time.sleep(1)
             before = footprint(gateway.pid)
             rows_before = logged(home)
             started = time.monotonic()
-            outcomes = asyncio.run(load(url, upstream, args.duration, args.concurrency))
+            outcomes = asyncio.run(load(gateway.url, upstream, args.duration, args.concurrency))
             took = time.monotonic() - started
             time.sleep(3)  # streams and writes in flight settle
             after = footprint(gateway.pid)
             upstream_stats = upstream.stats()
         finally:
-            gateway.send_signal(signal.SIGTERM)
-            gateway.wait(60)
-            log.close()
+            gateway.stop(timeout_s=60)  # SIGTERM: the event log is flushed before it exits
         rows = logged(home) - rows_before
 
     table = Table(title=f"soak: {args.duration:g} s, {args.concurrency} clients")
@@ -186,20 +176,6 @@ def main() -> int:
     if not problems:
         console.print("[green]OK[/green] memory and open files flat, every request logged")
     return 1 if problems else 0
-
-
-def _wait_ready(url: str, process: subprocess.Popen[bytes]) -> None:
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise SystemExit(f"the gateway exited with {process.returncode}")
-        try:
-            if httpx.get(f"{url}/ready", timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.2)
-    raise SystemExit("the gateway did not become ready in 60 s")
 
 
 if __name__ == "__main__":

@@ -59,11 +59,8 @@ async def serving(handler: Handler) -> AsyncIterator[str]:
     """Run ``handler`` on 127.0.0.1 and a free port; yields the base URL."""
     runner = web.AppRunner(_app(handler), access_log=None)
     await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    server = site._server
-    assert server is not None
-    port = server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    port = runner.addresses[0][1]
     try:
         yield f"http://127.0.0.1:{port}"
     finally:

@@ -25,7 +25,7 @@ def require(scope: Scope) -> DependsParam:
 
     async def check(request: Request) -> None:
         keyring = request.app.state.gateway.keyring
-        request.state.api_key = keyring.authenticate(request.headers.get("authorization"), scope)
+        keyring.authenticate(request.headers.get("authorization"), scope)
 
     dependency: DependsParam = Depends(check)
     return dependency
