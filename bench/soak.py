@@ -22,6 +22,7 @@ import tempfile
 import time
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 import httpx
 import psutil
@@ -65,12 +66,12 @@ def footprint(pid: int) -> dict[str, float]:
 async def one(client: httpx.AsyncClient, kind: str, upstream: UpstreamDouble) -> str:
     """Run one request of ``kind``; returns how it ended."""
     if kind in ("upstream-reset", "stream-reset", "upstream-503"):
-        fault = {
+        faults: dict[str, dict[str, Any]] = {
             "upstream-reset": {"reset": True},
             "stream-reset": {"stream_reset_after": 2},
             "upstream-503": {"status": 503},
-        }[kind]
-        await asyncio.to_thread(upstream.faults, [fault])
+        }
+        await asyncio.to_thread(upstream.faults, [faults[kind]])
     stream = kind.startswith("stream")
     body = {**BODY, "stream": stream}
     try:
