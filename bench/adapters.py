@@ -35,8 +35,8 @@ from typing import Any
 import httpx
 import yaml
 
+from gateway.adapters.training_data import mc_prompt
 from gateway.datasets import read_items
-from gateway.training_data import mc_prompt
 
 
 def prompts(path: Path) -> Iterator[str]:

@@ -31,8 +31,9 @@ from typing import Any
 import numpy as np
 
 from bench.upstream import run
-from gateway.config import parse_config
+from gateway.config.schema import parse_config
 from gateway.engines.base import EngineHealth
+from gateway.engines.target import base_target
 from gateway.pipelines.bank import Exemplar
 from gateway.pipelines.ensemble import balanced_shuffles
 from gateway.pipelines.loader import Pipeline, load_pipelines
@@ -46,8 +47,7 @@ from gateway.pipelines.retrieval import (
 )
 from gateway.pipelines.runner import PipelineRunner
 from gateway.protocol import ChatCompletionRequest
-from gateway.routing import Router
-from gateway.targets import base_target
+from gateway.routing.assignment import Router
 
 CONFIG = """
 models:

@@ -21,13 +21,13 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-from gateway.config import parse_config
+from gateway.config.schema import parse_config
 from gateway.datasets import read_items
+from gateway.engines.target import base_target
 from gateway.engines.vllm import VLLMEngine
 from gateway.pipelines.loader import Pipeline, load_pipelines
 from gateway.pipelines.runner import PipelineRunner
 from gateway.protocol import ChatCompletionRequest
-from gateway.targets import base_target
 
 
 def variant(pipeline: Pipeline, name: str, k: int) -> Pipeline:

@@ -16,26 +16,26 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from gateway import __version__
-from gateway.adapter_serving import AdapterServing
-from gateway.adapters import load_registry
+from gateway.adapters.registry import load_registry
+from gateway.adapters.serving import AdapterServing
+from gateway.admission.keys import KeyRing
+from gateway.admission.ratelimit import ConcurrencyGate
 from gateway.api import adapters as adapters_api
 from gateway.api import chat, evaluations, experiments, feedback, health, metrics, models
 from gateway.api.access import scoped
 from gateway.api.deps import GatewayState
 from gateway.api.hot_path import ChatHotPath
-from gateway.auth import KeyRing
-from gateway.config import PACKAGED_PREFIX, GatewayConfig, VLLMModel
-from gateway.dispatch import Dispatcher
-from gateway.engines import Engine, build_engine
+from gateway.api.middleware import BodySizeLimit
+from gateway.config.schema import PACKAGED_PREFIX, GatewayConfig, VLLMModel
+from gateway.engines.factory import Engine, build_engine
 from gateway.errors import ConfigError, GatewayError
-from gateway.events import EventLog
-from gateway.metrics import Metrics
-from gateway.middleware import BodySizeLimit
+from gateway.events.log import EventLog
+from gateway.events.metrics import Metrics
+from gateway.events.stores import StoreError, open_store
 from gateway.pipelines.runner import PipelineRunner
-from gateway.ratelimit import ConcurrencyGate
-from gateway.routing import Router, check_routes
+from gateway.routing.assignment import Router, check_routes
+from gateway.routing.dispatch import Dispatcher
 from gateway.settings import Settings
-from gateway.stores import StoreError, open_store
 
 log = logging.getLogger(__name__)
 
@@ -187,7 +187,7 @@ async def build_engines(config: GatewayConfig, settings: Settings) -> dict[str, 
 
 def prepare_packaged_models(config: GatewayConfig, settings: Settings) -> None:
     """Convert packaged models that are not prepared yet (a one-time step per machine)."""
-    from gateway.packaged import is_prepared, prepare_model
+    from gateway.engines.packaged import is_prepared, prepare_model
 
     for spec in config.models.values():
         if (

@@ -11,14 +11,16 @@ import json
 import shutil
 import subprocess
 from collections.abc import Iterator
+from pathlib import Path
 
 import openai
 import pytest
 
-from gateway.packaged import prepare_model
+from gateway.engines.packaged import prepare_model
 from gateway.settings import Settings
-from tests.postgres import PostgresServer, start_postgres
-from tests.servers import GatewayProcess, spawn_gateway, stop_gateway, wait_ready
+from tests.support.apps import AppFactory, app_factory
+from tests.support.postgres import PostgresServer, start_postgres
+from tests.support.servers import GatewayProcess, spawn_gateway, stop_gateway, wait_ready
 
 READY_TIMEOUT_S = 420
 
@@ -75,3 +77,9 @@ def postgres() -> Iterator[PostgresServer]:
         with contextlib.suppress(subprocess.SubprocessError):
             server.stop()
         shutil.rmtree(server.datadir.parent, ignore_errors=True)
+
+
+@pytest.fixture
+def gateway(tmp_path: Path) -> AppFactory:
+    """An in-process gateway around scripted engines (fast tests)."""
+    return app_factory(tmp_path)

@@ -1,6 +1,6 @@
 """Who may call what: the API key's scope each endpoint needs.
 
-Authentication itself is ``gateway.auth.KeyRing``; here the scopes meet the routers. The
+Authentication itself is ``gateway.admission.keys.KeyRing``; here the scopes meet the routers. The
 ``bearer`` scheme only documents the header in the OpenAPI schema: the key ring checks it, so
 the errors are OpenAI's (401 for a missing or wrong key, 403 for a missing scope).
 """
@@ -11,7 +11,7 @@ from fastapi import Depends, Request
 from fastapi.params import Depends as DependsParam
 from fastapi.security import HTTPBearer
 
-from gateway.config import Scope
+from gateway.config.schema import Scope
 
 #: the security scheme's name in the OpenAPI schema
 BEARER = "HTTPBearer"

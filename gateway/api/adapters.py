@@ -11,8 +11,8 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Depends
 from pydantic import BaseModel
 
-from gateway.adapter_serving import AdapterServing, AdapterState
-from gateway.adapters import AdapterNotFoundError, check_name
+from gateway.adapters.registry import AdapterNotFoundError, check_name
+from gateway.adapters.serving import AdapterServing, AdapterState
 from gateway.api.bodies import AUTH_ERRORS, error_responses
 from gateway.api.deps import GatewayState, get_state
 from gateway.errors import NotFoundError

@@ -10,16 +10,16 @@ import orjson
 from fastapi import APIRouter, Request, Response
 from pydantic import ValidationError
 
+from gateway.admission.keys import ApiKey
+from gateway.admission.ratelimit import DEFAULT_OUTPUT_RESERVE, Quota
 from gateway.api.access import BEARER
 from gateway.api.bodies import invalid_from_validation, json_body, parse_json_object
 from gateway.api.deps import GatewayState, require_dispatcher
 from gateway.api.streaming import DisconnectWatch, EventStream
-from gateway.auth import ApiKey
-from gateway.config import LimitsSpec
-from gateway.dispatch import RequestContext
+from gateway.config.schema import LimitsSpec
 from gateway.errors import ClientClosedRequest, GatewayError, InvalidRequestError
 from gateway.protocol import ChatCompletionRequest, ErrorResponse
-from gateway.ratelimit import DEFAULT_OUTPUT_RESERVE, Quota
+from gateway.routing.dispatch import RequestContext
 
 router = APIRouter()
 

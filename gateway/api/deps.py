@@ -7,21 +7,21 @@ from typing import TYPE_CHECKING
 
 from fastapi import Request
 
-from gateway.auth import KeyRing
-from gateway.config import GatewayConfig
+from gateway.admission.keys import KeyRing
+from gateway.admission.ratelimit import ConcurrencyGate, RateLimiter
+from gateway.config.schema import GatewayConfig
 from gateway.engines.base import Engine
+from gateway.engines.target import Target, base_target
 from gateway.errors import ModelNotFoundError
-from gateway.ratelimit import ConcurrencyGate, RateLimiter
 from gateway.settings import Settings
-from gateway.targets import Target, base_target
 
 if TYPE_CHECKING:
-    from gateway.adapter_serving import AdapterServing
-    from gateway.dispatch import Dispatcher
-    from gateway.events import EventLog
-    from gateway.metrics import Metrics
+    from gateway.adapters.serving import AdapterServing
+    from gateway.events.log import EventLog
+    from gateway.events.metrics import Metrics
     from gateway.pipelines.runner import PipelineRunner
-    from gateway.routing import Router
+    from gateway.routing.assignment import Router
+    from gateway.routing.dispatch import Dispatcher
 
 
 @dataclass

@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from gateway.api.bodies import AUTH_ERRORS, error_responses, json_body, read_model
 from gateway.api.deps import GatewayState, get_state
 from gateway.errors import InvalidRequestError, NotFoundError
-from gateway.eval_backends import call_variant, record_score, route_variants
+from gateway.evaluation.backends import call_variant, record_score, route_variants
 
 router = APIRouter()
 _ERRORS = error_responses(404, *AUTH_ERRORS)

@@ -11,10 +11,10 @@ from fastapi import APIRouter, Depends, Request
 from gateway.api.bodies import AUTH_ERRORS, error_responses, json_body, read_model
 from gateway.api.deps import GatewayState, get_state
 from gateway.errors import GatewayError, InvalidRequestError, NotFoundError
-from gateway.experiments import analyse
+from gateway.events.stores import StoreError
+from gateway.experiments.analysis import analyse
 from gateway.protocol import PromoteRequest
-from gateway.routing import Route
-from gateway.stores import StoreError
+from gateway.routing.assignment import Route
 
 router = APIRouter()
 

@@ -16,7 +16,7 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
-from gateway.config import GatewayConfig
+from gateway.config.schema import GatewayConfig
 from gateway.errors import ConfigError
 from gateway.pipelines.bank import BankError, ExemplarBank, load_bank
 from gateway.pipelines.retrieval import EMBEDDER_REQUIREMENT, EMBEDDING_DIM, embedder_available

@@ -15,7 +15,8 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from gateway.config import GatewayConfig
+from gateway.config.schema import GatewayConfig
+from gateway.engines.target import Target
 from gateway.errors import GatewayError, InvalidRequestError, NotFoundError
 from gateway.pipelines import prompt
 from gateway.pipelines.answers import Extraction, extract_answer, reletter, rewrite_letter
@@ -39,7 +40,6 @@ from gateway.pipelines.retrieval import (
 )
 from gateway.pipelines.templates import TemplateError
 from gateway.protocol import ChatCompletionRequest
-from gateway.targets import Target
 
 log = logging.getLogger(__name__)
 

@@ -1,0 +1,104 @@
+"""``gateway report`` and ``gateway experiments``: results of routes' A/B experiments."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Any
+
+import httpx
+import typer
+from rich.console import Console
+
+from gateway.config.schema import GatewayConfig, load_config
+from gateway.errors import ConfigError
+from gateway.events.stores import StoreError, open_store
+from gateway.experiments.analysis import analyse
+from gateway.experiments.report import print_table, to_html
+from gateway.settings import Settings
+
+experiments_app = typer.Typer(help="Manage routes' experiments.", no_args_is_help=True)
+console = Console()
+err = Console(stderr=True)
+
+ConfigOption = Annotated[
+    Path | None, typer.Option("--config", "-c", help="gateway.yaml; default: the embedded one.")
+]
+
+
+def _config(path: Path | None) -> GatewayConfig:
+    try:
+        return load_config(path or Settings().config, resolve=False)
+    except ConfigError as exc:
+        err.print(f"[red]error:[/red] {exc}", highlight=False)
+        raise typer.Exit(2) from None
+
+
+def report(
+    route: Annotated[str | None, typer.Option(help="One route; default: all routes.")] = None,
+    format: Annotated[str, typer.Option("--format", help="table, json or html.")] = "table",
+    out: Annotated[Path | None, typer.Option(help="Write to this file instead of stdout.")] = None,
+    config: ConfigOption = None,
+) -> None:
+    """Per-variant results with 95% intervals, differences, p-values and a verdict."""
+    if format not in ("table", "json", "html"):
+        err.print(f"[red]error:[/red] --format is '{format}'; use table, json or html")
+        raise typer.Exit(2)
+    cfg = _config(config)
+    names = [route] if route else list(cfg.routes)
+    for name in names:
+        if name not in cfg.routes:
+            err.print(
+                f"[red]error:[/red] no route '{name}' in the config; "
+                f"routes: {', '.join(cfg.routes) or 'none'}"
+            )
+            raise typer.Exit(2)
+    try:
+        store = open_store(cfg.events.url, Settings().home / "events.db")
+        promotions = store.overrides()
+        reports = [
+            analyse(
+                n, cfg.routes[n], store.events(n), store.feedback(n), promoted=promotions.get(n)
+            )
+            for n in names
+        ]
+        store.close()
+    except StoreError as exc:
+        err.print(f"[red]error:[/red] {exc}", highlight=False)
+        raise typer.Exit(1) from None
+    _emit(reports, format, out)
+
+
+def _emit(reports: list[dict[str, Any]], format: str, out: Path | None) -> None:
+    if format == "json":
+        text = json.dumps(reports, indent=2)
+    elif format == "html":
+        text = to_html(reports)
+    else:
+        target = Console(file=out.open("w")) if out else console
+        for one in reports:
+            print_table(one, target)
+        return
+    if out:
+        out.write_text(text, encoding="utf-8")
+        console.print(f"wrote {out}")
+    else:
+        print(text)
+
+
+@experiments_app.command("promote")
+def promote(
+    route: Annotated[str, typer.Argument(help="The route.")],
+    variant: Annotated[str, typer.Argument(help="The variant that gets all traffic.")],
+    url: Annotated[str, typer.Option(help="The running gateway.")] = "http://127.0.0.1:8080",
+) -> None:
+    """Send all of a route's traffic to one variant (kept across restarts)."""
+    try:
+        resp = httpx.post(f"{url}/v1/experiments/{route}/promote", json={"variant": variant})
+    except httpx.HTTPError as exc:
+        err.print(f"[red]error:[/red] cannot reach the gateway at {url}: {exc}")
+        raise typer.Exit(1) from None
+    if resp.status_code != 200:
+        err.print(f"[red]error:[/red] {resp.json().get('error', {}).get('message', resp.text)}")
+        raise typer.Exit(1)
+    console.print(f"route {route}: all traffic now goes to '{variant}'")

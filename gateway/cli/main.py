@@ -1,0 +1,222 @@
+"""The ``gateway`` command."""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, TypeVar
+
+import typer
+from rich.console import Console
+
+from gateway.cli.adapters import adapters_app
+from gateway.cli.eval import eval_command
+from gateway.cli.experiments import experiments_app, report
+from gateway.cli.pipelines import exemplars_app, pipelines_app
+from gateway.config.schema import GatewayConfig, load_config
+from gateway.errors import ConfigError
+from gateway.settings import Settings
+
+app = typer.Typer(
+    help="Switchboard: an OpenAI-compatible inference gateway.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+models_app = typer.Typer(help="Prepare and list models.", no_args_is_help=True)
+config_app = typer.Typer(help="Check configuration files.", no_args_is_help=True)
+app.add_typer(models_app, name="models")
+data_app = typer.Typer(help="Import labelled multiple-choice data.", no_args_is_help=True)
+app.add_typer(config_app, name="config")
+app.add_typer(data_app, name="data")
+app.add_typer(experiments_app, name="experiments")
+app.add_typer(adapters_app, name="adapters")
+app.add_typer(pipelines_app, name="pipelines")
+app.add_typer(exemplars_app, name="exemplars")
+keys_app = typer.Typer(
+    help="Make API keys and their hashes for gateway.yaml.", no_args_is_help=True
+)
+app.add_typer(keys_app, name="keys")
+app.command("report")(report)
+app.command("eval")(eval_command)
+
+T = TypeVar("T")
+
+err = Console(stderr=True)
+console = Console()
+
+ConfigOption = Annotated[
+    Path | None,
+    typer.Option("--config", "-c", help="gateway.yaml to use; default: the embedded default."),
+]
+
+
+def _load(path: Path | None) -> GatewayConfig:
+    try:
+        return load_config(path)
+    except ConfigError as exc:
+        err.print(f"[red]error:[/red] {exc}", highlight=False, markup=True)
+        raise typer.Exit(2) from None
+
+
+@app.command()
+def serve(
+    config: ConfigOption = None,
+    host: Annotated[str | None, typer.Option(help="Address to bind; default from config.")] = None,
+    port: Annotated[int | None, typer.Option(help="Port to bind; default from config.")] = None,
+) -> None:
+    """Start the gateway (and the vLLM engines it launches)."""
+    import uvicorn
+
+    from gateway.app import create_app, prepare_packaged_models
+
+    settings = Settings()
+    cfg = _load(config or settings.config)
+    bind_host = host or settings.host or cfg.server.host
+    bind_port = port or settings.port or cfg.server.port
+    logging.basicConfig(
+        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    if not _is_loopback(bind_host) and not (cfg.auth.keys or settings.api_key):
+        err.print(
+            f"[yellow]warning:[/yellow] binding to {bind_host}: the gateway is reachable from "
+            "other machines and has no API keys, so anyone there can use it, admin endpoints "
+            "included. Fix: add keys under 'auth.keys' in gateway.yaml or set GATEWAY_API_KEY."
+        )
+    _prepare_or_exit(lambda: prepare_packaged_models(cfg, settings))
+    uvicorn.run(
+        create_app(cfg, settings),
+        host=bind_host,
+        port=bind_port,
+        log_level=settings.log_level,
+        # SIGTERM: stop accepting, let in-flight requests and streams finish for this long,
+        # then the lifespan flushes the event log and stops vLLM.
+        timeout_graceful_shutdown=cfg.reliability.drain_timeout_s,
+    )
+
+
+@keys_app.command("new")
+def keys_new(
+    name: Annotated[str, typer.Option(help="The key's name in gateway.yaml and in events.")],
+    scopes: Annotated[
+        str, typer.Option(help="Comma-separated: inference, feedback, admin.")
+    ] = "inference,feedback",
+) -> None:
+    """Make a new API key: prints the key once, and the gateway.yaml entry with its hash."""
+    from gateway.admission.keys import SCOPES, hash_key, new_key
+
+    chosen = [s.strip() for s in scopes.split(",") if s.strip()]
+    unknown = [s for s in chosen if s not in SCOPES]
+    if unknown or not chosen:
+        err.print(f"[red]error:[/red] --scopes: use some of {', '.join(SCOPES)}")
+        raise typer.Exit(2)
+    key = new_key()
+    # Plain echo: a wrapped key or hash would be copied wrong.
+    typer.echo(f"key (shown once, give it to the client): {key}")
+    typer.echo("gateway.yaml:")
+    typer.echo(
+        f"auth:\n  keys:\n    - name: {name}\n      hash: {hash_key(key)}\n"
+        f"      scopes: [{', '.join(chosen)}]"
+    )
+
+
+@keys_app.command("hash")
+def keys_hash() -> None:
+    """Print the hash of a key read from standard input (kept out of the shell history)."""
+    import sys
+
+    from gateway.admission.keys import hash_key
+
+    key = sys.stdin.readline().strip()
+    if not key:
+        err.print(
+            '[red]error:[/red] no key on standard input; e.g. printf %s "$KEY" | gateway keys hash'
+        )
+        raise typer.Exit(2)
+    typer.echo(hash_key(key))
+
+
+@models_app.command("prepare")
+def models_prepare(
+    name: Annotated[str, typer.Argument(help="Packaged model to prepare.")] = (
+        "smollm2-135m-instruct"
+    ),
+    force: Annotated[bool, typer.Option(help="Convert again even if prepared.")] = False,
+) -> None:
+    """Convert a packaged model into a safetensors folder under $GATEWAY_HOME/models."""
+    from gateway.engines.packaged import prepare_model
+
+    settings = Settings()
+    folder = _prepare_or_exit(
+        lambda: prepare_model(settings.models_dir, name, force=force, console=console)
+    )
+    console.print(f"prepared: {folder}")
+
+
+@models_app.command("list")
+def models_list(config: ConfigOption = None) -> None:
+    """List the models a config serves."""
+    cfg = _load(config or Settings().config)
+    for name, spec in cfg.models.items():
+        console.print(f"{name}\t{spec.engine}")
+
+
+@config_app.command("check")
+def config_check(file: Annotated[Path, typer.Argument(help="The gateway.yaml to check.")]) -> None:
+    """Validate a config file (schema and references) without starting anything."""
+    cfg = _load(file)
+    console.print(f"{file}: OK ({len(cfg.models)} models: {', '.join(cfg.models)})")
+
+
+@data_app.command("import")
+def data_import(
+    source: Annotated[str, typer.Argument(help="mmlu (medical topics) or medmcqa.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="JSONL file to write.")],
+    split: Annotated[
+        str, typer.Option(help="train, heldout or all (the fixed 70/30 split by item id).")
+    ] = "all",
+    all_topics: Annotated[bool, typer.Option(help="mmlu: every topic, not only medical.")] = False,
+) -> None:
+    """Convert a packaged data set to the labelled multiple-choice JSONL format."""
+    from gateway import datasets
+
+    if split not in ("train", "heldout", "all"):
+        err.print(f"[red]error:[/red] --split is '{split}'; use train, heldout or all")
+        raise typer.Exit(2)
+    try:
+        if source == "mmlu":
+            items = datasets.import_mmlu(medical_only=not all_topics)
+        elif source == "medmcqa":
+            items = datasets.import_medmcqa(Settings().home / "cache")
+        else:
+            err.print(f"[red]error:[/red] unknown data set '{source}'; use mmlu or medmcqa")
+            raise typer.Exit(2)
+    except datasets.DataError as exc:
+        err.print(f"[red]error:[/red] {exc}", highlight=False)
+        raise typer.Exit(1) from None
+    count = datasets.write_items(datasets.select(items, split), out)  # type: ignore[arg-type]
+    console.print(f"wrote {count} of {len(items)} {source} items ({split}) to {out}")
+
+
+def _prepare_or_exit(step: Callable[[], T]) -> T:
+    from gateway.engines.packaged import PreparationError
+
+    try:
+        return step()
+    except PreparationError as exc:
+        err.print(f"[red]error:[/red] {exc}", highlight=False)
+        raise typer.Exit(1) from None
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def main() -> None:
+    app()

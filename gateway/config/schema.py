@@ -1,0 +1,472 @@
+"""``gateway.yaml``: the schema and its two-phase loader.
+
+Phase 1 parses YAML and validates shapes with pydantic. Phase 2 resolves references against the
+machine (packaged models exist, local model folders exist, key variables are set). Either phase
+fails with a ``ConfigError`` whose lines name the file, the key and the fix.
+
+Sections grow with the product: ``models`` now; adapters, pipelines and routes join them as
+siblings, each a mapping from a name to its spec.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from importlib import resources
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from gateway.errors import ConfigError
+
+PACKAGED_PREFIX = "packaged:"
+MODEL_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/-]{0,127}$")
+DEFAULT_CONFIG_NAME = "embedded default (gateway/defaults/gateway.yaml)"
+
+
+class _Spec(BaseModel):
+    # Unknown keys are errors: a typo must not silently fall back to a default.
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class LaunchSpec(_Spec):
+    """A vLLM server the gateway starts and supervises as a child process on loopback."""
+
+    model: str = Field(description="'packaged:NAME', a local folder, or a model hub id")
+    args: list[str] = Field(default_factory=list, description="extra vLLM command-line flags")
+    env: dict[str, str] = Field(default_factory=dict)
+    startup_timeout_s: float = Field(default=600.0, gt=0)
+    restart_backoff_max_s: float = Field(default=60.0, gt=0)
+
+    @field_validator("args")
+    @classmethod
+    def _no_host_or_port(cls, args: list[str]) -> list[str]:
+        # The supervisor owns the address: vLLM must listen on loopback only.
+        for flag in ("--host", "--port", "--served-model-name", "--model"):
+            if any(a == flag or a.startswith(flag + "=") for a in args):
+                raise ValueError(f"'{flag}' is set by the gateway; remove it from args")
+        return args
+
+
+class PricingSpec(_Spec):
+    """Token prices for cost figures in events, reports and evaluations (any currency)."""
+
+    prompt_per_1m: float = Field(default=0.0, ge=0)
+    completion_per_1m: float = Field(default=0.0, ge=0)
+
+    def cost(self, prompt_tokens: int | None, completion_tokens: int | None) -> float:
+        return (
+            (prompt_tokens or 0) * self.prompt_per_1m
+            + (completion_tokens or 0) * self.completion_per_1m
+        ) / 1e6
+
+
+class VLLMModel(_Spec):
+    """A model served by vLLM: launched by the gateway, or at existing URLs."""
+
+    engine: Literal["vllm"]
+    pricing: PricingSpec = Field(default_factory=PricingSpec)
+    launch: LaunchSpec | None = None
+    urls: list[str] | None = Field(default=None, min_length=1)
+    upstream_model: str | None = Field(
+        default=None, description="the name the upstream serves; default: the model id"
+    )
+    api_key_env: str | None = None
+    timeout_s: float = Field(default=600.0, gt=0)
+
+    @model_validator(mode="after")
+    def _launch_xor_urls(self) -> VLLMModel:
+        if (self.launch is None) == (self.urls is None):
+            raise ValueError("set exactly one of 'launch' (start vLLM) or 'urls' (existing vLLM)")
+        return self
+
+    @field_validator("urls")
+    @classmethod
+    def _http_urls(cls, urls: list[str] | None) -> list[str] | None:
+        for url in urls or []:
+            if not url.startswith(("http://", "https://")):
+                raise ValueError(f"'{url}' is not an http(s) URL")
+        return [u.rstrip("/") for u in urls] if urls else urls
+
+
+class LiteLLMModel(_Spec):
+    """A hosted model reached through LiteLLM."""
+
+    engine: Literal["litellm"]
+    pricing: PricingSpec = Field(default_factory=PricingSpec)
+    model: str = Field(description="a LiteLLM model string, e.g. 'openai/gpt-4o-mini'")
+    api_base: str | None = None
+    api_key_env: str | None = None
+    timeout_s: float = Field(default=600.0, gt=0)
+
+
+ModelSpec = Annotated[VLLMModel | LiteLLMModel, Field(discriminator="engine")]
+
+
+class ServerSpec(_Spec):
+    host: str = "127.0.0.1"
+    port: int = Field(default=8080, ge=1, le=65535)
+
+
+class LimitsSpec(_Spec):
+    """Bounds on what one request may ask for, and on how much traffic the gateway takes.
+
+    Over a request bound is a 400 (413 for the body); over a rate a 429 with Retry-After; over
+    the concurrency limit a 503 with Retry-After, at once, instead of an unbounded queue.
+    """
+
+    max_body_bytes: int = Field(default=1_048_576, gt=0)
+    max_n: int = Field(default=8, ge=1)
+    max_tokens: int = Field(default=4096, ge=1)
+    max_messages: int = Field(default=256, ge=1)
+    max_chars: int = Field(default=400_000, ge=1, description="all messages' text together")
+    max_concurrency: int | None = Field(
+        default=512, ge=1, description="chat requests in flight (streams until they end)"
+    )
+    requests_per_minute: float | None = Field(
+        default=None, gt=0, description="per API key (per client address without keys)"
+    )
+    tokens_per_minute: float | None = Field(
+        default=None, gt=0, description="per API key: prompt and completion tokens"
+    )
+
+
+class ReliabilitySpec(_Spec):
+    """Deadlines, retries and cooldowns: see docs/operations.md."""
+
+    deadline_s: float = Field(default=600.0, gt=0, description="one request, all attempts")
+    stream_gap_s: float = Field(
+        default=60.0, gt=0, description="a stream with no chunk for this long has stalled"
+    )
+    max_attempts: int = Field(default=3, ge=1, description="first try, retries and fallbacks")
+    retry_budget: float = Field(
+        default=0.2, ge=0, le=1, description="retries as a share of requests (10 in reserve)"
+    )
+    max_retry_after_s: float = Field(
+        default=5.0, ge=0, description="longest upstream Retry-After the gateway waits out"
+    )
+    cooldown_failures: int = Field(
+        default=5, ge=1, description="consecutive retryable failures that cool a variant down"
+    )
+    cooldown_s: float = Field(default=30.0, gt=0)
+    drain_timeout_s: int = Field(
+        default=30, ge=0, description="on SIGTERM, how long in-flight requests may finish"
+    )
+
+
+Scope = Literal["inference", "feedback", "admin"]
+
+
+class KeySpec(_Spec):
+    """One API key: its SHA-256 hash (``gateway keys hash``) or the variable that holds it."""
+
+    name: str = Field(min_length=1, max_length=64)
+    hash: str | None = Field(default=None, pattern=r"^sha256:[0-9a-f]{64}$")
+    env: str | None = Field(default=None, description="environment variable holding the key")
+    scopes: list[Scope] = Field(default=["inference", "feedback"], min_length=1)
+    requests_per_minute: float | None = Field(default=None, gt=0, description="overrides limits")
+    tokens_per_minute: float | None = Field(default=None, gt=0, description="overrides limits")
+
+    @model_validator(mode="after")
+    def _hash_xor_env(self) -> KeySpec:
+        if (self.hash is None) == (self.env is None):
+            raise ValueError("set exactly one of 'hash' (sha256:...) or 'env' (a variable name)")
+        return self
+
+
+class AuthSpec(_Spec):
+    """API keys. None configured (and no GATEWAY_API_KEY): authentication is off."""
+
+    keys: list[KeySpec] = Field(default_factory=list)
+
+    @field_validator("keys")
+    @classmethod
+    def _unique_names(cls, keys: list[KeySpec]) -> list[KeySpec]:
+        names = [k.name for k in keys]
+        for name in names:
+            if names.count(name) > 1:
+                raise ValueError(f"key name '{name}' is used twice; names must be unique")
+        return keys
+
+
+class SamplingSpec(_Spec):
+    """A variant's sampling settings; they override what the client sent."""
+
+    temperature: float | None = Field(default=None, ge=0, le=2)
+    top_p: float | None = Field(default=None, gt=0, le=1)
+    max_tokens: int | None = Field(default=None, ge=1)
+    seed: int | None = None
+    stop: list[str] | None = Field(default=None, max_length=4)
+    presence_penalty: float | None = Field(default=None, ge=-2, le=2)
+    frequency_penalty: float | None = Field(default=None, ge=-2, le=2)
+
+
+class VariantSpec(_Spec):
+    """A model or adapter, a pipeline and sampling settings, with a share of the traffic."""
+
+    target: str = Field(description="a model id or an adapter name")
+    pipeline: str = "plain"
+    weight: float = Field(
+        default=0.0,
+        ge=0,
+        le=1e6,
+        allow_inf_nan=False,
+        description="relative share; 0: only pinned, shadow or fallback",
+    )
+    params: SamplingSpec = Field(default_factory=SamplingSpec)
+
+
+class ShadowSpec(_Spec):
+    variant: str
+    sample_rate: float = Field(gt=0, le=1)
+
+
+class MetricSpec(_Spec):
+    type: Literal["boolean", "float"]
+    higher_is_better: bool = True
+
+
+class ExperimentSpec(_Spec):
+    metrics: dict[str, MetricSpec] = Field(default_factory=dict)
+    min_samples: int = Field(default=100, ge=2, description="per variant, before a verdict")
+    alpha: float = Field(default=0.05, gt=0, lt=1)
+    control: str | None = Field(default=None, description="default: the first variant")
+
+
+STICKY_KEY = re.compile(r"^(user|none|header:[A-Za-z0-9-]+)$")
+
+
+class RouteSpec(_Spec):
+    """A public model name whose traffic is split between variants."""
+
+    variants: dict[str, VariantSpec] = Field(min_length=1)
+    sticky_key: str = Field(default="user", description="user | header:NAME | none")
+    salt: str | None = Field(default=None, description="hash salt; default: the route name")
+    allow_pin: bool = False
+    shadow: list[ShadowSpec] = Field(default_factory=list)
+    fallback: list[str] = Field(default_factory=list)
+    experiment: ExperimentSpec | None = None
+
+    @model_validator(mode="after")
+    def _references(self) -> RouteSpec:
+        if not STICKY_KEY.fullmatch(self.sticky_key):
+            raise ValueError(
+                f"sticky_key '{self.sticky_key}' must be 'user', 'none' or 'header:NAME'"
+            )
+        if sum(v.weight for v in self.variants.values()) <= 0:
+            raise ValueError("variants: at least one variant needs a weight above 0")
+        named = [s.variant for s in self.shadow] + list(self.fallback)
+        if self.experiment and self.experiment.control:
+            named.append(self.experiment.control)
+        for name in named:
+            if name not in self.variants:
+                known = ", ".join(self.variants)
+                raise ValueError(f"'{name}' is not a variant of this route; use one of {known}")
+        return self
+
+
+class EventsSpec(_Spec):
+    """The event log: SQLite in $GATEWAY_HOME by default, PostgreSQL by URL."""
+
+    url: str | None = Field(default=None, description="sqlite:///PATH or postgresql://...")
+    durable: bool = Field(default=False, description="commit each event before answering")
+    batch_size: int = Field(default=256, ge=1)
+    flush_interval_s: float = Field(default=0.2, gt=0)
+    max_queue: int = Field(default=100_000, ge=1)
+
+
+class AdaptersSpec(_Spec):
+    """LoRA adapters: the registry folders (each holds ``<name>/adapter.yaml``), see adapters.py."""
+
+    folders: list[str] = Field(
+        default_factory=list,
+        description="relative to this file; '$GATEWAY_HOME/adapters' is the gateway's home",
+    )
+    preload: list[str] = Field(
+        default_factory=list, description="loaded into vLLM at start; others on first use"
+    )
+
+
+class PipelinesSpec(_Spec):
+    """Prompt pipelines beyond the shipped ``prompts/``: see gateway/pipelines/loader.py."""
+
+    folders: list[str] = Field(
+        default_factory=list,
+        description="relative to this file; each holds <name>/pipeline.yaml; later ones win",
+    )
+
+
+class GatewayConfig(_Spec):
+    server: ServerSpec = Field(default_factory=ServerSpec)
+    limits: LimitsSpec = Field(default_factory=LimitsSpec)
+    reliability: ReliabilitySpec = Field(default_factory=ReliabilitySpec)
+    auth: AuthSpec = Field(default_factory=AuthSpec)
+    models: dict[str, ModelSpec] = Field(min_length=1)
+    routes: dict[str, RouteSpec] = Field(default_factory=dict)
+    events: EventsSpec = Field(default_factory=EventsSpec)
+    adapters: AdaptersSpec = Field(default_factory=AdaptersSpec)
+    pipelines: PipelinesSpec = Field(default_factory=PipelinesSpec)
+
+    @model_validator(mode="after")
+    def _route_names_are_free(self) -> GatewayConfig:
+        for name in self.routes:
+            if name in self.models:
+                raise ValueError(
+                    f"routes: '{name}' is also a model id; a public name means one thing"
+                )
+        return self
+
+    # The folder relative paths in the file are taken from (None: the embedded default).
+    _base_dir: Path | None = PrivateAttr(default=None)
+
+    @property
+    def base_dir(self) -> Path | None:
+        return self._base_dir
+
+    @field_validator("models")
+    @classmethod
+    def _model_ids(cls, models: dict[str, Any]) -> dict[str, Any]:
+        for name in models:
+            if not MODEL_ID.fullmatch(name):
+                raise ValueError(
+                    f"model id '{name}' must match {MODEL_ID.pattern} (letters, digits, . _ : / -)"
+                )
+        return models
+
+
+# ---------------------------------------------------------------------------------------------
+# Loading
+
+
+def load_config(path: Path | None, *, resolve: bool = True) -> GatewayConfig:
+    """Read ``path`` (or the embedded default when None) and validate it in both phases."""
+    if path is None:
+        source = DEFAULT_CONFIG_NAME
+        text = resources.files("gateway").joinpath("defaults/gateway.yaml").read_text("utf-8")
+    else:
+        source = str(path)
+        try:
+            text = path.read_text("utf-8")
+        except FileNotFoundError:
+            raise ConfigError(
+                source, ["file not found; pass an existing file to --config"]
+            ) from None
+        except OSError as exc:
+            raise ConfigError(source, [f"cannot read the file: {exc.strerror}"]) from None
+        except UnicodeDecodeError as exc:
+            raise ConfigError(
+                source, [f"byte {exc.start} is not UTF-8. Fix: save the file as UTF-8."]
+            ) from None
+    config = parse_config(text, source)
+    config._base_dir = path.parent.resolve() if path else None
+    if resolve:
+        resolve_config(config, source, config_dir=path.parent if path else None)
+    return config
+
+
+def parse_config(text: str, source: str) -> GatewayConfig:
+    """Phase 1: YAML syntax and the schema."""
+    try:
+        data = yaml.safe_load(text)
+    except RecursionError:
+        raise ConfigError(source, ["the YAML is nested too deeply to read"]) from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise ConfigError(source, [f"{where}YAML syntax error: {problem}"]) from None
+    if not isinstance(data, Mapping):
+        raise ConfigError(source, ["the top level must be a mapping with a 'models' key"])
+    try:
+        return GatewayConfig.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(source, [_describe(err) for err in exc.errors()]) from None
+
+
+def _describe(err: Mapping[str, Any]) -> str:
+    """One pydantic error as 'key.path: problem. Fix: ...'."""
+    # Pydantic puts the union's tag after a model id (models.NAME.vllm.urls); only that goes.
+    parts = list(err["loc"])
+    if len(parts) > 2 and parts[0] == "models" and parts[2] in ("vllm", "litellm"):
+        del parts[2]
+    loc = ".".join(str(part) for part in parts)
+    kind = err["type"]
+    key = loc or "(top level)"
+    if kind == "extra_forbidden":
+        return f"{key}: unknown key. Fix: remove it or check its spelling."
+    if kind == "missing":
+        return f"{key}: required key is missing. Fix: add it."
+    if kind == "union_tag_invalid":
+        engine = err["input"].get("engine")
+        return f"{key}.engine: '{engine}' is not an engine. Fix: use 'vllm' or 'litellm'."
+    if kind == "union_tag_not_found":
+        return f"{key}: no 'engine' key. Fix: add 'engine: vllm' or 'engine: litellm'."
+    message = str(err["msg"]).removeprefix("Value error, ")
+    return f"{key}: {message}."
+
+
+def resolve_config(config: GatewayConfig, source: str, *, config_dir: Path | None) -> None:
+    """Phase 2: check every reference the config makes against this machine."""
+    from gateway.engines.packaged import PACKAGED_MODELS
+
+    problems: list[str] = []
+    for name, spec in config.models.items():
+        key = f"models.{name}"
+        if spec.api_key_env and spec.api_key_env not in os.environ:
+            problems.append(
+                f"{key}.api_key_env: environment variable {spec.api_key_env} is not set. "
+                f"Fix: export {spec.api_key_env}=... before starting the gateway."
+            )
+        if isinstance(spec, VLLMModel) and spec.launch is not None:
+            target = spec.launch.model
+            if target.startswith(PACKAGED_PREFIX):
+                packaged = target.removeprefix(PACKAGED_PREFIX)
+                if packaged not in PACKAGED_MODELS:
+                    known = ", ".join(PACKAGED_PREFIX + k for k in PACKAGED_MODELS)
+                    problems.append(
+                        f"{key}.launch.model: unknown packaged model '{target}'. Fix: use {known}."
+                    )
+            elif _looks_like_path(target):
+                folder = model_path(target, config_dir)
+                if not folder.is_dir():
+                    problems.append(
+                        f"{key}.launch.model: folder {folder} does not exist. "
+                        "Fix: point it at a model folder, or use a model hub id."
+                    )
+    for i, key_spec in enumerate(config.auth.keys):
+        if key_spec.env and not os.environ.get(key_spec.env):
+            problems.append(
+                f"auth.keys[{i}].env: environment variable {key_spec.env} (key "
+                f"'{key_spec.name}') is not set. Fix: export {key_spec.env}=... or use 'hash'."
+            )
+    from gateway.adapters.registry import config_check_problems
+
+    problems += config_check_problems(config)
+    from gateway.pipelines.loader import config_problems as pipeline_problems
+
+    problems += pipeline_problems(config)
+    if problems:
+        raise ConfigError(source, problems)
+
+
+def _looks_like_path(target: str) -> bool:
+    return target.startswith(("/", "./", "../", "~"))
+
+
+def model_path(target: str, config_dir: Path | None) -> Path:
+    """A launch target that is a path, relative paths taken from the config file's folder."""
+    path = Path(target).expanduser()
+    if not path.is_absolute() and config_dir is not None:
+        path = config_dir / path
+    return path

@@ -1,0 +1,76 @@
+"""Engines: what actually runs a model. ``build_engine`` turns a config entry into one."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from gateway.config.schema import PACKAGED_PREFIX, LiteLLMModel, ModelSpec, VLLMModel, model_path
+from gateway.engines.base import Engine, EngineHealth
+from gateway.engines.supervisor import VLLMSupervisor
+from gateway.engines.vllm import VLLMEngine
+from gateway.settings import Settings
+
+__all__ = ["Engine", "EngineHealth", "build_engine"]
+
+
+def build_engine(
+    model_id: str, spec: ModelSpec, settings: Settings, base_dir: Path | None
+) -> Engine:
+    """Make the engine for one ``models:`` entry. Packaged models must be prepared already."""
+    api_key = os.environ.get(spec.api_key_env) if spec.api_key_env else None
+    if isinstance(spec, LiteLLMModel):
+        from gateway.engines.hosted import LiteLLMEngine
+
+        return LiteLLMEngine(
+            model_id=model_id,
+            litellm_model=spec.model,
+            api_base=spec.api_base,
+            api_key_env=spec.api_key_env,
+            timeout_s=spec.timeout_s,
+        )
+    assert isinstance(spec, VLLMModel)
+    upstream = spec.upstream_model or model_id
+    if spec.urls is not None:
+        return VLLMEngine(
+            model_id=model_id,
+            upstream_model=upstream,
+            urls=spec.urls,
+            api_key=api_key,
+            timeout_s=spec.timeout_s,
+        )
+    launch = spec.launch
+    assert launch is not None
+    target, offline = launch_target(launch.model, settings, base_dir)
+    supervisor = VLLMSupervisor(
+        model_id=model_id,
+        model=target,
+        served_name=upstream,
+        args=launch.args,
+        env=launch.env,
+        logs_dir=settings.logs_dir,
+        run_dir=settings.run_dir,
+        startup_timeout_s=launch.startup_timeout_s,
+        backoff_max_s=launch.restart_backoff_max_s,
+        offline=offline,
+    )
+    return VLLMEngine(
+        model_id=model_id,
+        upstream_model=upstream,
+        supervisor=supervisor,
+        api_key=api_key,
+        timeout_s=spec.timeout_s,
+    )
+
+
+def launch_target(model: str, settings: Settings, base_dir: Path | None) -> tuple[str, bool]:
+    """What to pass vLLM as --model, and whether it can run offline (not a hub id)."""
+    from gateway.engines.packaged import packaged_model_dir
+
+    if model.startswith(PACKAGED_PREFIX):
+        return str(
+            packaged_model_dir(settings.models_dir, model.removeprefix(PACKAGED_PREFIX))
+        ), True
+    if model.startswith(("/", "./", "../", "~")):
+        return str(model_path(model, base_dir)), True
+    return model, False

@@ -1,0 +1,222 @@
+"""Where an evaluation's calls run: in this process, or on a running gateway (``--url``).
+
+Both run a variant through ``Dispatcher.run_variant``, the code path of live traffic, which logs
+each call in the event log as an ``offline`` event with the run's id. The gateway's side of
+``--url`` (``gateway/api/evaluations.py``) calls the same ``call_variant`` as the in-process
+backend, so the two modes produce the same records.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal, Protocol
+
+import httpx
+
+from gateway.api.chat import check_limits, validate_request
+from gateway.api.deps import GatewayState, require_dispatcher
+from gateway.config.schema import RouteSpec
+from gateway.errors import GatewayError, NotFoundError
+from gateway.events.log import EventLog
+from gateway.experiments.analysis import OFFLINE_METRIC
+from gateway.pipelines.responses import content_of
+
+#: the longest reply kept in a result record (the rest is cut; the event log has the figures)
+MAX_REPLY_CHARS = 4000
+
+
+class BackendError(Exception):
+    """The evaluation cannot go on (the gateway is unreachable, the route is unknown)."""
+
+
+@dataclass(frozen=True)
+class VariantInfo:
+    name: str
+    target: str
+    pipeline: str
+    params: dict[str, Any] = field(default_factory=dict)
+
+    def fingerprint(self) -> dict[str, Any]:
+        """What must not change between a run and its resumption."""
+        return {"target": self.target, "pipeline": self.pipeline, "params": self.params}
+
+
+@dataclass
+class Outcome:
+    """One call of one variant, as the event log saw it."""
+
+    status: Literal["ok", "error"]
+    inference_id: str | None = None
+    reply: str = ""
+    #: the answer letter the pipeline extracted (multiple-choice requests), if any
+    answer: str | None = None
+    votes: dict[str, int] | None = None
+    calls: int | None = None
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+    latency_ms: float | None = None
+    cost: float | None = None
+    error_code: str | None = None
+    error: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Outcome:
+        known: dict[str, Any] = {k: data[k] for k in cls.__dataclass_fields__ if k in data}
+        return cls(**known)
+
+
+class Backend(Protocol):
+    async def variants(self, route: str) -> dict[str, VariantInfo]: ...
+
+    async def call(
+        self, route: str, variant: str, body: dict[str, Any], run_id: str
+    ) -> Outcome: ...
+
+    async def score(self, run_id: str, inference_id: str, correct: bool) -> None: ...
+
+
+# -- the gateway's side (shared by the in-process backend and the HTTP API) ---------------------
+
+
+def route_variants(state: GatewayState, route: str) -> dict[str, VariantInfo]:
+    found = state.router.get(route)
+    if found is None:
+        raise NotFoundError(
+            f"No route named '{route}'; routes: {', '.join(state.router.routes) or 'none'}.",
+            param="route",
+            code="route_not_found",
+        )
+    return variant_infos(found.spec)
+
+
+def variant_infos(spec: RouteSpec) -> dict[str, VariantInfo]:
+    """A route's variants as configured (what a run fingerprints)."""
+    return {
+        name: VariantInfo(
+            name, v.target, v.pipeline, v.params.model_dump(mode="json", exclude_none=True)
+        )
+        for name, v in spec.variants.items()
+    }
+
+
+async def call_variant(
+    state: GatewayState, route: str, variant: str, body: dict[str, Any], run_id: str
+) -> Outcome:
+    """Run one item's request on one variant. A failing call is an ``error`` outcome."""
+    if variant not in route_variants(state, route):
+        raise NotFoundError(
+            f"Route '{route}' has no variant '{variant}'.", param="variant", code="not_found"
+        )
+    started = time.perf_counter()
+    try:
+        chat = validate_request(body)
+        check_limits(chat, state.config.limits)
+        result, event = await require_dispatcher(state).run_variant(
+            route, variant, chat, body, run_id=run_id
+        )
+    except GatewayError as exc:
+        return Outcome(
+            "error",
+            latency_ms=(time.perf_counter() - started) * 1000,
+            error_code=exc.code or type(exc).__name__,
+            error=exc.message,
+        )
+    return Outcome(
+        "ok",
+        inference_id=str(event["id"]),
+        reply=content_of(result.response)[:MAX_REPLY_CHARS],
+        answer=result.answer,
+        votes=dict(result.votes) or None,
+        calls=event.get("calls"),
+        prompt_tokens=event.get("prompt_tokens"),
+        completion_tokens=event.get("completion_tokens"),
+        latency_ms=event.get("latency_ms"),
+        cost=event.get("cost"),
+    )
+
+
+async def record_score(events: EventLog, inference_id: str, correct: bool) -> None:
+    """The score as feedback on the offline event, so the event log's report can show it."""
+    await events.add_feedback(
+        {
+            "id": f"fb-{uuid.uuid4().hex}",
+            "inference_id": inference_id,
+            "name": OFFLINE_METRIC,
+            "kind": "boolean",
+            "value": float(correct),
+            "text": None,
+            "ts": time.time(),
+        }
+    )
+
+
+# -- the two backends ---------------------------------------------------------------------------
+
+
+class InProcessBackend:
+    """Calls the dispatcher of an app running in this process (its lifespan entered)."""
+
+    def __init__(self, state: GatewayState) -> None:
+        self.state = state
+
+    async def variants(self, route: str) -> dict[str, VariantInfo]:
+        try:
+            return route_variants(self.state, route)
+        except NotFoundError as exc:
+            raise BackendError(exc.message) from None
+
+    async def call(self, route: str, variant: str, body: dict[str, Any], run_id: str) -> Outcome:
+        return await call_variant(self.state, route, variant, body, run_id)
+
+    async def score(self, run_id: str, inference_id: str, correct: bool) -> None:
+        await record_score(self.state.events, inference_id, correct)
+
+
+class HttpBackend:
+    """Calls a running gateway's evaluation API (``gateway eval --url``)."""
+
+    def __init__(self, client: httpx.AsyncClient) -> None:
+        self.client = client
+
+    async def variants(self, route: str) -> dict[str, VariantInfo]:
+        data = await self._request("GET", f"/v1/evaluations/routes/{route}")
+        return {
+            name: VariantInfo(name, v["target"], v["pipeline"], v.get("params") or {})
+            for name, v in data["variants"].items()
+        }
+
+    async def call(self, route: str, variant: str, body: dict[str, Any], run_id: str) -> Outcome:
+        payload = {"route": route, "variant": variant, "run_id": run_id, "request": body}
+        return Outcome.from_json(await self._request("POST", "/v1/evaluations/calls", payload))
+
+    async def score(self, run_id: str, inference_id: str, correct: bool) -> None:
+        payload = {"run_id": run_id, "inference_id": inference_id, "correct": correct}
+        await self._request("POST", "/v1/evaluations/scores", payload)
+
+    async def _request(
+        self, method: str, path: str, payload: dict[str, Any] | None = None
+    ) -> dict[str, Any]:
+        try:
+            resp = await self.client.request(method, path, json=payload)
+        except httpx.HTTPError as exc:
+            raise BackendError(
+                f"cannot reach the gateway at {self.client.base_url}: {exc}"
+            ) from exc
+        try:
+            data = resp.json()
+        except ValueError:
+            data = {}
+        if resp.status_code >= 400:
+            message = (data.get("error") or {}).get("message") if isinstance(data, dict) else None
+            raise BackendError(
+                f"the gateway at {self.client.base_url} answered {resp.status_code} to "
+                f"{method} {path}: {message or resp.text[:300]}"
+            )
+        if not isinstance(data, dict):
+            raise BackendError(f"the gateway answered {method} {path} with no JSON object")
+        return data
