@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 
 from bench.upstream import run
-from gateway.config.schema import parse_config
+from gateway.config.loader import parse_config
 from gateway.engines.base import EngineHealth
 from gateway.engines.target import base_target
 from gateway.pipelines.bank import Exemplar

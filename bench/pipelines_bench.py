@@ -21,7 +21,7 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-from gateway.config.schema import parse_config
+from gateway.config.loader import parse_config
 from gateway.datasets import read_items
 from gateway.engines.target import base_target
 from gateway.engines.vllm import VLLMEngine

@@ -9,33 +9,31 @@ import logging
 from collections.abc import AsyncIterator
 from typing import Any
 
-from fastapi import FastAPI, Request
-from fastapi.exceptions import RequestValidationError
+from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
-from fastapi.responses import JSONResponse
-from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from gateway import __version__
-from gateway.adapters.registry import load_registry
 from gateway.adapters.serving import AdapterServing
 from gateway.admission.keys import KeyRing
-from gateway.admission.ratelimit import ConcurrencyGate
+from gateway.admission.ratelimit import ConcurrencyGate, RateLimiter
 from gateway.api import adapters as adapters_api
 from gateway.api import chat, evaluations, experiments, feedback, health, metrics, models
 from gateway.api.access import scoped
-from gateway.api.deps import GatewayState
+from gateway.api.errors import install_error_handlers
 from gateway.api.hot_path import ChatHotPath
 from gateway.api.middleware import BodySizeLimit
 from gateway.config.schema import PACKAGED_PREFIX, GatewayConfig, VLLMModel
 from gateway.engines.factory import Engine, build_engine
-from gateway.errors import ConfigError, GatewayError
 from gateway.events.log import EventLog
 from gateway.events.metrics import Metrics
 from gateway.events.stores import StoreError, open_store
 from gateway.pipelines.runner import PipelineRunner
-from gateway.routing.assignment import Router, check_routes
+from gateway.resolve import Resolved, resolve
+from gateway.routing.assignment import Router
 from gateway.routing.dispatch import Dispatcher
+from gateway.routing.targets import Targets
 from gateway.settings import Settings
+from gateway.state import GatewayState
 
 log = logging.getLogger(__name__)
 
@@ -44,17 +42,22 @@ def create_app(
     config: GatewayConfig,
     settings: Settings | None = None,
     *,
+    resolved: Resolved | None = None,
     engines: dict[str, Engine] | None = None,
 ) -> FastAPI:
-    """Build the gateway. ``engines`` replaces the ones the config would build (tests)."""
+    """Build the gateway.
+
+    ``resolved``: ``config`` already resolved (by ``gateway serve``); else the lifespan resolves
+    it. ``engines`` replaces the ones the config would build (tests).
+    """
     settings = settings or Settings()
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        # Adapters are checked before vLLM starts: a bad adapter fails fast, not after 30 s.
-        registry = load_registry(config, settings, "gateway.yaml")
-        # Pipelines too: a broken template fails here, naming its file and line.
-        runner = PipelineRunner.from_config(config)
+        # Every reference is checked before vLLM starts: a bad adapter, template or route
+        # fails fast, not after 30 s. ``gateway serve`` resolved it already: not again.
+        ready = resolved if resolved is not None else resolve(config, settings)
+        runner = PipelineRunner(ready.pipelines)
         if engines is None and _routes_retrieve(config, runner):
             # A real serve whose routes use retrieval: load the embedding model (and torch,
             # ~350 MB) off the request path. Otherwise it loads on first use, if ever.
@@ -63,35 +66,37 @@ def create_app(
         await start_engines(built)
         async with contextlib.AsyncExitStack() as stack:
             stack.push_async_callback(_stop_engines, built)
-            adapters = AdapterServing(registry, built)
+            adapters = AdapterServing(ready.registry, built)
             await adapters.preload(config.adapters.preload)
             events = await open_event_log(config, settings)
             stack.push_async_callback(events.stop)
-            state = GatewayState(
+            router = Router(config, promotions=await _promotions(events))
+            metrics = Metrics(events)
+            targets = Targets(built, adapters)
+            dispatcher = Dispatcher(
+                config=config,
+                router=router,
+                targets=targets,
+                events=events,
+                metrics=metrics,
+                runner=runner,
+            )
+            stack.push_async_callback(dispatcher.drain_shadows)
+            app.state.gateway = GatewayState(
                 config=config,
                 settings=settings,
                 engines=built,
                 events=events,
-                router=Router(config, promotions=await _promotions(events)),
-                metrics=Metrics(events),
+                router=router,
+                metrics=metrics,
                 adapters=adapters,
+                targets=targets,
+                runner=runner,
+                dispatcher=dispatcher,
                 keyring=KeyRing.from_config(config.auth, settings.api_key),
+                limiter=RateLimiter(),
                 gate=ConcurrencyGate(config.limits.max_concurrency),
             )
-            app.state.gateway = state
-            state.runner = runner
-            state.dispatcher = Dispatcher(
-                config=config,
-                router=state.router,
-                resolve_target=state.target_for,
-                events=events,
-                metrics=state.metrics,
-                runner=getattr(state, "runner", None),
-            )
-            stack.push_async_callback(state.dispatcher.drain_shadows)
-            problems = check_routes(config, state.target_names(), _pipeline_names(state))
-            if problems:
-                raise ConfigError("gateway.yaml", problems)
             # Everything built so far lives as long as the process: keep the garbage collector
             # from walking it again and again (a full pass over the imported libraries took
             # 37 ms and set the p99 of added latency).
@@ -171,12 +176,6 @@ def _routes_retrieve(config: GatewayConfig, runner: PipelineRunner) -> bool:
     )
 
 
-def _pipeline_names(state: GatewayState) -> set[str]:
-    runner = getattr(state, "runner", None)
-    names = getattr(runner, "names", None)
-    return set(names()) if callable(names) else {"plain"}
-
-
 async def build_engines(config: GatewayConfig, settings: Settings) -> dict[str, Engine]:
     await asyncio.to_thread(prepare_packaged_models, config, settings)
     return {
@@ -207,40 +206,3 @@ async def start_engines(engines: dict[str, Engine]) -> None:
     if failures:
         await asyncio.gather(*(e.stop() for e in engines.values()), return_exceptions=True)
         raise failures[0]
-
-
-def install_error_handlers(app: FastAPI) -> None:
-    """The one place errors become OpenAI's error JSON."""
-
-    @app.exception_handler(GatewayError)
-    async def _gateway_error(_: Request, exc: GatewayError) -> JSONResponse:
-        return JSONResponse(exc.to_dict(), status_code=exc.status_code, headers=exc.headers)
-
-    @app.exception_handler(RequestValidationError)
-    async def _validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
-        first: dict[str, Any] = exc.errors()[0] if exc.errors() else {}
-        param = ".".join(str(p) for p in first.get("loc", ())[1:]) or None
-        body = {
-            "message": f"Invalid request: {first.get('msg', 'bad input')}",
-            "type": "invalid_request_error",
-            "param": param,
-            "code": None,
-        }
-        return JSONResponse({"error": body}, status_code=400)
-
-    @app.exception_handler(StarletteHTTPException)
-    async def _http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
-        kind = "invalid_request_error" if exc.status_code < 500 else "server_error"
-        body = {"message": str(exc.detail), "type": kind, "param": None, "code": None}
-        return JSONResponse({"error": body}, status_code=exc.status_code, headers=exc.headers)
-
-    @app.exception_handler(Exception)
-    async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
-        log.exception("unhandled error", exc_info=exc)
-        body = {
-            "message": "The gateway hit an internal error; it has been logged.",
-            "type": "server_error",
-            "param": None,
-            "code": None,
-        }
-        return JSONResponse({"error": body}, status_code=500)

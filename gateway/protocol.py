@@ -11,7 +11,9 @@ from __future__ import annotations
 import time
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from gateway.errors import InvalidRequestError
 
 # Strict: OpenAI rejects "0.5" for a number and "true" for a boolean; so do we.
 _REQUEST = ConfigDict(extra="allow", strict=True)
@@ -188,3 +190,32 @@ class Feedback(BaseModel):
 class PromoteRequest(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
     variant: str = Field(min_length=1)
+
+
+def invalid_from_validation(exc: ValidationError) -> InvalidRequestError:
+    """The first pydantic error as OpenAI's 400, with ``param`` naming the field."""
+    err = exc.errors(include_url=False)[0]
+    param = _param_path(err["loc"])
+    message = str(err["msg"]).removeprefix("Value error, ")
+    if param is None and ": " in message:
+        # Cross-field checks say which field they are about before the colon.
+        param = message.split(": ", 1)[0]
+    where = f"'{param}': " if param else ""
+    more = f" (and {exc.error_count() - 1} more problems)" if exc.error_count() > 1 else ""
+    return InvalidRequestError(f"Invalid request: {where}{message}{more}", param=param)
+
+
+_UNION_TAGS = frozenset({"str", "int", "float", "bool", "none", "dict", "list"})
+
+
+def _param_path(loc: tuple[int | str, ...]) -> str | None:
+    path = ""
+    for part in loc:
+        if isinstance(part, int):
+            path += f"[{part}]"
+        elif "[" in part or part in _UNION_TAGS:
+            # pydantic names union branches in the location; they are not the client's keys
+            continue
+        else:
+            path += f".{part}" if path else part
+    return path or None

@@ -284,18 +284,7 @@ class AdapterRegistry:
         return adapter
 
 
-def load_registry(config: GatewayConfig, settings: Settings, source: str) -> AdapterRegistry:
-    """The registry for a config, every adapter validated; a problem is a ``ConfigError``."""
-    from gateway.errors import ConfigError
-
-    registry = AdapterRegistry(config, settings)
-    problems = registry.scan() + _preload_problems(config, registry)
-    if problems:
-        raise ConfigError(source, problems)
-    return registry
-
-
-def _preload_problems(config: GatewayConfig, registry: AdapterRegistry) -> list[str]:
+def preload_problems(config: GatewayConfig, registry: AdapterRegistry) -> list[str]:
     problems: list[str] = []
     per_base: dict[str, int] = {}
     for name in config.adapters.preload:
@@ -315,11 +304,3 @@ def _preload_problems(config: GatewayConfig, registry: AdapterRegistry) -> list[
                 f"{limit} (--max-loras). Fix: preload fewer or raise --max-loras."
             )
     return problems
-
-
-def config_check_problems(config: GatewayConfig) -> list[str]:
-    """Phase-2 check of the adapter section (``resolve_config`` calls this)."""
-    if not config.adapters.folders and not config.adapters.preload:
-        return []
-    registry = AdapterRegistry(config, Settings())
-    return registry.scan() + _preload_problems(config, registry)

@@ -14,8 +14,9 @@ from pydantic import BaseModel
 from gateway.adapters.registry import AdapterNotFoundError, check_name
 from gateway.adapters.serving import AdapterServing, AdapterState
 from gateway.api.bodies import AUTH_ERRORS, error_responses
-from gateway.api.deps import GatewayState, get_state
+from gateway.api.deps import get_state
 from gateway.errors import NotFoundError
+from gateway.state import GatewayState
 
 router = APIRouter(tags=["adapters"])
 

@@ -14,9 +14,10 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from gateway.api.bodies import AUTH_ERRORS, error_responses, json_body, read_model
-from gateway.api.deps import GatewayState, get_state
+from gateway.api.deps import get_state
 from gateway.errors import InvalidRequestError, NotFoundError
 from gateway.evaluation.backends import call_variant, record_score, route_variants
+from gateway.state import GatewayState
 
 router = APIRouter()
 _ERRORS = error_responses(404, *AUTH_ERRORS)

@@ -9,12 +9,13 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Request
 
 from gateway.api.bodies import AUTH_ERRORS, error_responses, json_body, read_model
-from gateway.api.deps import GatewayState, get_state
+from gateway.api.deps import get_state
 from gateway.errors import GatewayError, InvalidRequestError, NotFoundError
 from gateway.events.stores import StoreError
 from gateway.experiments.analysis import analyse
 from gateway.protocol import PromoteRequest
 from gateway.routing.assignment import Route
+from gateway.state import GatewayState
 
 router = APIRouter()
 

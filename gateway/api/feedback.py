@@ -10,9 +10,10 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse
 
 from gateway.api.bodies import AUTH_ERRORS, error_responses, json_body, read_model
-from gateway.api.deps import GatewayState, get_state
+from gateway.api.deps import get_state
 from gateway.errors import InvalidRequestError, NotFoundError
 from gateway.protocol import Feedback, FeedbackRequest
+from gateway.state import GatewayState
 
 router = APIRouter()
 

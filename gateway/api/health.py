@@ -9,7 +9,8 @@ from fastapi import APIRouter, Depends
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 
-from gateway.api.deps import GatewayState, get_state
+from gateway.api.deps import get_state
+from gateway.state import GatewayState
 
 router = APIRouter()
 

@@ -7,7 +7,8 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Response
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from gateway.api.deps import GatewayState, get_state
+from gateway.api.deps import get_state
+from gateway.state import GatewayState
 
 router = APIRouter()
 

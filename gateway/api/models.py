@@ -8,9 +8,10 @@ from fastapi import APIRouter, Depends
 from pydantic import BaseModel
 
 from gateway.api.bodies import AUTH_ERRORS, error_responses
-from gateway.api.deps import GatewayState, get_state
+from gateway.api.deps import get_state
 from gateway.errors import ModelNotFoundError
 from gateway.protocol import ModelCard
+from gateway.state import GatewayState
 
 router = APIRouter()
 

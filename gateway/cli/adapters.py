@@ -13,7 +13,8 @@ from rich.markup import escape
 from rich.table import Table
 
 from gateway.adapters.registry import AdapterRegistry
-from gateway.config.schema import GatewayConfig, load_config
+from gateway.config.loader import load_config
+from gateway.config.schema import GatewayConfig
 from gateway.errors import ConfigError, GatewayError
 from gateway.settings import Settings
 
@@ -34,7 +35,7 @@ UrlOption = Annotated[str, typer.Option("--url", help="The running gateway.")]
 def _config(path: Path | None) -> GatewayConfig:
     # Phase 1 only: one broken adapter must not stop listing or training the others.
     try:
-        return load_config(path or Settings().config, resolve=False)
+        return load_config(path or Settings().config)
     except ConfigError as exc:
         _error(str(exc))
         raise typer.Exit(2) from None

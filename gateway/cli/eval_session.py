@@ -22,7 +22,8 @@ from rich.progress import (
 )
 
 from gateway.app import create_app
-from gateway.config.schema import GatewayConfig, load_config
+from gateway.config.loader import load_config
+from gateway.config.schema import GatewayConfig
 from gateway.evaluation.backends import (
     Backend,
     HttpBackend,

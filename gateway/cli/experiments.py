@@ -10,7 +10,8 @@ import httpx
 import typer
 from rich.console import Console
 
-from gateway.config.schema import GatewayConfig, load_config
+from gateway.config.loader import load_config
+from gateway.config.schema import GatewayConfig
 from gateway.errors import ConfigError
 from gateway.events.stores import StoreError, open_store
 from gateway.experiments.analysis import analyse
@@ -28,7 +29,7 @@ ConfigOption = Annotated[
 
 def _config(path: Path | None) -> GatewayConfig:
     try:
-        return load_config(path or Settings().config, resolve=False)
+        return load_config(path or Settings().config)
     except ConfigError as exc:
         err.print(f"[red]error:[/red] {exc}", highlight=False)
         raise typer.Exit(2) from None

@@ -15,8 +15,10 @@ from gateway.cli.adapters import adapters_app
 from gateway.cli.eval import eval_command
 from gateway.cli.experiments import experiments_app, report
 from gateway.cli.pipelines import exemplars_app, pipelines_app
-from gateway.config.schema import GatewayConfig, load_config
+from gateway.config.loader import load_config
+from gateway.config.schema import GatewayConfig
 from gateway.errors import ConfigError
+from gateway.resolve import Resolved, resolve
 from gateway.settings import Settings
 
 app = typer.Typer(
@@ -60,6 +62,14 @@ def _load(path: Path | None) -> GatewayConfig:
         raise typer.Exit(2) from None
 
 
+def _resolve(config: GatewayConfig, settings: Settings) -> Resolved:
+    try:
+        return resolve(config, settings)
+    except ConfigError as exc:
+        err.print(f"[red]error:[/red] {exc}", highlight=False, markup=True)
+        raise typer.Exit(2) from None
+
+
 @app.command()
 def serve(
     config: ConfigOption = None,
@@ -73,6 +83,7 @@ def serve(
 
     settings = Settings()
     cfg = _load(config or settings.config)
+    resolved = _resolve(cfg, settings)
     bind_host = host or settings.host or cfg.server.host
     bind_port = port or settings.port or cfg.server.port
     logging.basicConfig(
@@ -86,7 +97,7 @@ def serve(
         )
     _prepare_or_exit(lambda: prepare_packaged_models(cfg, settings))
     uvicorn.run(
-        create_app(cfg, settings),
+        create_app(cfg, settings, resolved=resolved),
         host=bind_host,
         port=bind_port,
         log_level=settings.log_level,
@@ -165,7 +176,7 @@ def models_list(config: ConfigOption = None) -> None:
 @config_app.command("check")
 def config_check(file: Annotated[Path, typer.Argument(help="The gateway.yaml to check.")]) -> None:
     """Validate a config file (schema and references) without starting anything."""
-    cfg = _load(file)
+    cfg = _resolve(_load(file), Settings()).config
     console.print(f"{file}: OK ({len(cfg.models)} models: {', '.join(cfg.models)})")
 
 

@@ -19,7 +19,8 @@ from rich.progress import (
     TimeElapsedColumn,
 )
 
-from gateway.config.schema import GatewayConfig, load_config
+from gateway.config.loader import load_config
+from gateway.config.schema import GatewayConfig
 from gateway.errors import ConfigError
 from gateway.settings import Settings
 
@@ -43,9 +44,9 @@ ConfigOption = Annotated[
 ]
 
 
-def _config(path: Path | None, *, resolve: bool) -> GatewayConfig:
+def _config(path: Path | None) -> GatewayConfig:
     try:
-        return load_config(path or Settings().config, resolve=resolve)
+        return load_config(path or Settings().config)
     except ConfigError as exc:
         err.print(f"[red]error:[/red] {exc}", highlight=False)
         raise typer.Exit(2) from None
@@ -56,7 +57,7 @@ def pipelines_list(config: ConfigOption = None) -> None:
     """The pipelines a config serves, with their steps."""
     from gateway.pipelines.loader import load_pipelines
 
-    cfg = _config(config, resolve=False)
+    cfg = _config(config)
     try:
         pipelines = load_pipelines(cfg)
     except ConfigError as exc:
@@ -102,8 +103,9 @@ def exemplars_build(
     from gateway.pipelines.retrieval import SentenceTransformerEmbedder
 
     started = time.monotonic()
-    # Not resolved: phase 2 would refuse the config for the very bank this command builds.
-    cfg = _config(config, resolve=False)
+    # Not resolved (phase 1 only): phase 2 would refuse the config for the very bank this
+    # command builds.
+    cfg = _config(config)
     folder = discover(cfg).get(pipeline)
     if folder is None:
         err.print(f"[red]error:[/red] no pipeline '{pipeline}' (see `gateway pipelines list`)")

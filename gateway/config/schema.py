@@ -1,38 +1,26 @@
-"""``gateway.yaml``: the schema and its two-phase loader.
+"""``gateway.yaml``'s schema: every section, with the checks that need nothing but the file.
 
-Phase 1 parses YAML and validates shapes with pydantic. Phase 2 resolves references against the
-machine (packaged models exist, local model folders exist, key variables are set). Either phase
-fails with a ``ConfigError`` whose lines name the file, the key and the fix.
-
-Sections grow with the product: ``models`` now; adapters, pipelines and routes join them as
-siblings, each a mapping from a name to its spec.
+``config.loader`` reads a file into these models (phase 1); ``gateway.resolve`` checks what they
+name against the machine and the other sections (phase 2).
 """
 
 from __future__ import annotations
 
-import os
 import re
-from collections.abc import Mapping
-from importlib import resources
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-import yaml
 from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
     PrivateAttr,
-    ValidationError,
     field_validator,
     model_validator,
 )
 
-from gateway.errors import ConfigError
-
 PACKAGED_PREFIX = "packaged:"
 MODEL_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/-]{0,127}$")
-DEFAULT_CONFIG_NAME = "embedded default (gateway/defaults/gateway.yaml)"
 
 
 class _Spec(BaseModel):
@@ -266,13 +254,7 @@ class RouteSpec(_Spec):
             )
         if sum(v.weight for v in self.variants.values()) <= 0:
             raise ValueError("variants: at least one variant needs a weight above 0")
-        named = [s.variant for s in self.shadow] + list(self.fallback)
-        if self.experiment and self.experiment.control:
-            named.append(self.experiment.control)
-        for name in named:
-            if name not in self.variants:
-                known = ", ".join(self.variants)
-                raise ValueError(f"'{name}' is not a variant of this route; use one of {known}")
+        # Shadows, fallbacks and the control name variants: gateway.resolve checks them.
         return self
 
 
@@ -329,10 +311,16 @@ class GatewayConfig(_Spec):
 
     # The folder relative paths in the file are taken from (None: the embedded default).
     _base_dir: Path | None = PrivateAttr(default=None)
+    # Where the config came from, as its errors name it.
+    _source: str = PrivateAttr(default="gateway.yaml")
 
     @property
     def base_dir(self) -> Path | None:
         return self._base_dir
+
+    @property
+    def source(self) -> str:
+        return self._source
 
     @field_validator("models")
     @classmethod
@@ -343,125 +331,6 @@ class GatewayConfig(_Spec):
                     f"model id '{name}' must match {MODEL_ID.pattern} (letters, digits, . _ : / -)"
                 )
         return models
-
-
-# ---------------------------------------------------------------------------------------------
-# Loading
-
-
-def load_config(path: Path | None, *, resolve: bool = True) -> GatewayConfig:
-    """Read ``path`` (or the embedded default when None) and validate it in both phases."""
-    if path is None:
-        source = DEFAULT_CONFIG_NAME
-        text = resources.files("gateway").joinpath("defaults/gateway.yaml").read_text("utf-8")
-    else:
-        source = str(path)
-        try:
-            text = path.read_text("utf-8")
-        except FileNotFoundError:
-            raise ConfigError(
-                source, ["file not found; pass an existing file to --config"]
-            ) from None
-        except OSError as exc:
-            raise ConfigError(source, [f"cannot read the file: {exc.strerror}"]) from None
-        except UnicodeDecodeError as exc:
-            raise ConfigError(
-                source, [f"byte {exc.start} is not UTF-8. Fix: save the file as UTF-8."]
-            ) from None
-    config = parse_config(text, source)
-    config._base_dir = path.parent.resolve() if path else None
-    if resolve:
-        resolve_config(config, source, config_dir=path.parent if path else None)
-    return config
-
-
-def parse_config(text: str, source: str) -> GatewayConfig:
-    """Phase 1: YAML syntax and the schema."""
-    try:
-        data = yaml.safe_load(text)
-    except RecursionError:
-        raise ConfigError(source, ["the YAML is nested too deeply to read"]) from None
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
-        problem = getattr(exc, "problem", None) or str(exc)
-        raise ConfigError(source, [f"{where}YAML syntax error: {problem}"]) from None
-    if not isinstance(data, Mapping):
-        raise ConfigError(source, ["the top level must be a mapping with a 'models' key"])
-    try:
-        return GatewayConfig.model_validate(data)
-    except ValidationError as exc:
-        raise ConfigError(source, [_describe(err) for err in exc.errors()]) from None
-
-
-def _describe(err: Mapping[str, Any]) -> str:
-    """One pydantic error as 'key.path: problem. Fix: ...'."""
-    # Pydantic puts the union's tag after a model id (models.NAME.vllm.urls); only that goes.
-    parts = list(err["loc"])
-    if len(parts) > 2 and parts[0] == "models" and parts[2] in ("vllm", "litellm"):
-        del parts[2]
-    loc = ".".join(str(part) for part in parts)
-    kind = err["type"]
-    key = loc or "(top level)"
-    if kind == "extra_forbidden":
-        return f"{key}: unknown key. Fix: remove it or check its spelling."
-    if kind == "missing":
-        return f"{key}: required key is missing. Fix: add it."
-    if kind == "union_tag_invalid":
-        engine = err["input"].get("engine")
-        return f"{key}.engine: '{engine}' is not an engine. Fix: use 'vllm' or 'litellm'."
-    if kind == "union_tag_not_found":
-        return f"{key}: no 'engine' key. Fix: add 'engine: vllm' or 'engine: litellm'."
-    message = str(err["msg"]).removeprefix("Value error, ")
-    return f"{key}: {message}."
-
-
-def resolve_config(config: GatewayConfig, source: str, *, config_dir: Path | None) -> None:
-    """Phase 2: check every reference the config makes against this machine."""
-    from gateway.engines.packaged import PACKAGED_MODELS
-
-    problems: list[str] = []
-    for name, spec in config.models.items():
-        key = f"models.{name}"
-        if spec.api_key_env and spec.api_key_env not in os.environ:
-            problems.append(
-                f"{key}.api_key_env: environment variable {spec.api_key_env} is not set. "
-                f"Fix: export {spec.api_key_env}=... before starting the gateway."
-            )
-        if isinstance(spec, VLLMModel) and spec.launch is not None:
-            target = spec.launch.model
-            if target.startswith(PACKAGED_PREFIX):
-                packaged = target.removeprefix(PACKAGED_PREFIX)
-                if packaged not in PACKAGED_MODELS:
-                    known = ", ".join(PACKAGED_PREFIX + k for k in PACKAGED_MODELS)
-                    problems.append(
-                        f"{key}.launch.model: unknown packaged model '{target}'. Fix: use {known}."
-                    )
-            elif _looks_like_path(target):
-                folder = model_path(target, config_dir)
-                if not folder.is_dir():
-                    problems.append(
-                        f"{key}.launch.model: folder {folder} does not exist. "
-                        "Fix: point it at a model folder, or use a model hub id."
-                    )
-    for i, key_spec in enumerate(config.auth.keys):
-        if key_spec.env and not os.environ.get(key_spec.env):
-            problems.append(
-                f"auth.keys[{i}].env: environment variable {key_spec.env} (key "
-                f"'{key_spec.name}') is not set. Fix: export {key_spec.env}=... or use 'hash'."
-            )
-    from gateway.adapters.registry import config_check_problems
-
-    problems += config_check_problems(config)
-    from gateway.pipelines.loader import config_problems as pipeline_problems
-
-    problems += pipeline_problems(config)
-    if problems:
-        raise ConfigError(source, problems)
-
-
-def _looks_like_path(target: str) -> bool:
-    return target.startswith(("/", "./", "../", "~"))
 
 
 def model_path(target: str, config_dir: Path | None) -> Path:

@@ -15,13 +15,13 @@ from typing import Any, Literal, Protocol
 
 import httpx
 
-from gateway.api.chat import check_limits, validate_request
-from gateway.api.deps import GatewayState, require_dispatcher
+from gateway.admission.limits import check_limits, validate_request
 from gateway.config.schema import RouteSpec
 from gateway.errors import GatewayError, NotFoundError
 from gateway.events.log import EventLog
 from gateway.experiments.analysis import OFFLINE_METRIC
 from gateway.pipelines.responses import content_of
+from gateway.state import GatewayState
 
 #: the longest reply kept in a result record (the rest is cut; the event log has the figures)
 MAX_REPLY_CHARS = 4000
@@ -116,7 +116,7 @@ async def call_variant(
     try:
         chat = validate_request(body)
         check_limits(chat, state.config.limits)
-        result, event = await require_dispatcher(state).run_variant(
+        result, event = await state.dispatcher.run_variant(
             route, variant, chat, body, run_id=run_id
         )
     except GatewayError as exc:

@@ -137,15 +137,6 @@ def load_pipelines(config: GatewayConfig) -> dict[str, Pipeline]:
     return pipelines
 
 
-def config_problems(config: GatewayConfig) -> list[str]:
-    """Phase-2 check for ``gateway config check`` and startup."""
-    try:
-        load_pipelines(config)
-    except ConfigError as exc:
-        return exc.problems
-    return []
-
-
 def load_pipeline(name: str, folder: Path, *, with_bank: bool = True) -> Pipeline:
     """Load and check one pipeline; ``with_bank=False`` skips the bank (to build it)."""
     path = folder / PIPELINE_FILE

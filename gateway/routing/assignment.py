@@ -17,7 +17,7 @@ from __future__ import annotations
 import hashlib
 import math
 import random
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -181,27 +181,3 @@ class Router:
 
     def get(self, name: str) -> Route | None:
         return self.routes.get(name)
-
-
-def check_routes(
-    config: GatewayConfig, targets: Iterable[str], pipelines: Iterable[str]
-) -> list[str]:
-    """Phase-2 problems: variants must name a served model or adapter and a known pipeline."""
-    known_targets, known_pipelines = set(targets), set(pipelines)
-    problems = []
-    for route, spec in config.routes.items():
-        if route in known_targets:
-            problems.append(f"routes.{route}: also the name of a model or adapter. Fix: rename it.")
-        for name, variant in spec.variants.items():
-            key = f"routes.{route}.variants.{name}"
-            if variant.target not in known_targets:
-                problems.append(
-                    f"{key}.target: '{variant.target}' is not a model or adapter. "
-                    f"Fix: use one of {', '.join(sorted(known_targets))}."
-                )
-            if variant.pipeline not in known_pipelines:
-                problems.append(
-                    f"{key}.pipeline: '{variant.pipeline}' is not a pipeline. "
-                    f"Fix: use one of {', '.join(sorted(known_pipelines))}."
-                )
-    return problems

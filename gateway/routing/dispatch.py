@@ -33,7 +33,9 @@ from gateway.events.log import EventLog
 from gateway.events.metrics import Metrics
 from gateway.protocol import ChatCompletionRequest
 from gateway.routing.assignment import Assignment, Router, Variant
+from gateway.routing.context import RequestContext
 from gateway.routing.retries import Cooldowns, RetryBudget
+from gateway.routing.targets import Targets
 
 log = logging.getLogger(__name__)
 
@@ -80,33 +82,20 @@ def new_inference_id() -> str:
     return f"inf-{secrets.token_hex(16)}"  # 128 random bits, as uuid4, at half its cost
 
 
-@dataclass
-class RequestContext:
-    """One client request across its attempts: its deadline and the tokens it used."""
-
-    #: the event loop's clock (``loop.time()``) when the whole request must be done
-    deadline: float
-    #: prompt and completion tokens of every attempt, for the per-key token rate limit
-    tokens: int = 0
-
-    def remaining_s(self) -> float:
-        return self.deadline - asyncio.get_running_loop().time()
-
-
 class Dispatcher:
     def __init__(
         self,
         *,
         config: GatewayConfig,
         router: Router,
-        resolve_target: Callable[[str], Target],
+        targets: Targets,
         events: EventLog,
         metrics: Metrics,
         runner: Runner | None = None,
     ) -> None:
         self.config = config
         self.router = router
-        self.resolve_target = resolve_target
+        self.targets = targets
         self.events = events
         self.metrics = metrics
         self.runner = runner
@@ -123,7 +112,7 @@ class Dispatcher:
         route = self.router.get(chat.model)
         requested = _requested_pipeline(chat)
         if route is None:
-            self.resolve_target(chat.model)  # 404 for an unknown name, before anything runs
+            self.targets.resolve(chat.model)  # 404 for an unknown name, before anything runs
             variant = Variant("", chat.model, requested or "plain", 1.0, SamplingSpec())
             return Assignment("", variant, "direct")
         if requested is not None:
@@ -401,7 +390,7 @@ class Dispatcher:
         body: dict[str, Any],
         results: list[PipelineResultLike],
     ) -> AsyncIterator[bytes]:
-        target = self.resolve_target(variant.target)
+        target = self.targets.resolve(variant.target)
         merged = _apply(body, variant.params)
         if self.runner is not None:
             # The runner hands over its result (answer, votes, calls) when the stream ends.
@@ -416,7 +405,7 @@ class Dispatcher:
     async def _run(
         self, variant: Variant, chat: ChatCompletionRequest, body: dict[str, Any]
     ) -> PipelineResultLike:
-        target = self.resolve_target(variant.target)
+        target = self.targets.resolve(variant.target)
         merged = _apply(body, variant.params)
         if self.runner is not None:
             return await self.runner.complete(variant.pipeline, target, merged, chat)
@@ -479,7 +468,7 @@ class Dispatcher:
         stream: bool,
         shadow: bool = False,
     ) -> dict[str, Any]:
-        target = self.resolve_target(variant.target)
+        target = self.targets.resolve(variant.target)
         return {
             "id": new_inference_id(),
             "ts": time.time(),

@@ -16,8 +16,10 @@ from gateway.adapters.registry import (
     lora_limits,
     registry_folders,
 )
-from gateway.config.schema import GatewayConfig, load_config, parse_config
+from gateway.config.loader import load_config, parse_config
+from gateway.config.schema import GatewayConfig
 from gateway.errors import ConfigError
+from gateway.resolve import resolve
 from gateway.settings import Settings
 from tests.support.adapter_fakes import make_adapter
 
@@ -243,7 +245,7 @@ def test_config_check_names_the_manifest_key_and_fix(tmp_path: Path) -> None:
     file = tmp_path / "gateway.yaml"
     file.write_text(config_with("adapters") + "  preload: [missing]\n")
     with pytest.raises(ConfigError) as info:
-        load_config(file)
+        resolve(load_config(file), Settings(home=tmp_path / "home"))
     text = str(info.value)
     assert str(reg / "wide" / "adapter.yaml") in text and "rank: 16 is above" in text
     assert "adapters.preload: 'missing' is not in the registry folders. Fix:" in text
@@ -253,9 +255,9 @@ def test_a_missing_folder_is_an_error_unless_in_home(tmp_path: Path) -> None:
     file = tmp_path / "gateway.yaml"
     file.write_text(config_with("nowhere"))
     with pytest.raises(ConfigError, match=r"adapters.folders: .*nowhere does not exist"):
-        load_config(file)
+        resolve(load_config(file), Settings(home=tmp_path / "home"))
     file.write_text(config_with("$GATEWAY_HOME/adapters"))
-    load_config(file)
+    resolve(load_config(file), Settings(home=tmp_path / "home"))
 
 
 def test_preload_beyond_max_loras_is_an_error(tmp_path: Path) -> None:
@@ -266,7 +268,7 @@ def test_preload_beyond_max_loras_is_an_error(tmp_path: Path) -> None:
     args = "[--enable-lora, --max-lora-rank=8, --max-loras=2]"
     file.write_text(config_with("adapters", args=args) + "  preload: [a, b, c]\n")
     with pytest.raises(ConfigError, match=r"3 adapters on 'base', whose vLLM holds 2"):
-        load_config(file)
+        resolve(load_config(file), Settings(home=tmp_path / "home"))
 
 
 def test_the_embedded_default_serves_the_demo_adapter(settings: Settings) -> None:

@@ -31,7 +31,7 @@ from gateway.adapters.training_data import (
     split_validation,
 )
 from gateway.cli.main import app
-from gateway.config.schema import load_config
+from gateway.config.loader import load_config
 from gateway.datasets import MCItem, split_of, write_items
 from gateway.settings import Settings
 
@@ -225,7 +225,7 @@ def test_cpu_threads_leave_a_core_for_vllm() -> None:
 
 
 def test_resolve_base_names_the_fix(tmp_path: Path) -> None:
-    config = load_config(None, resolve=False)
+    config = load_config(None)
     with pytest.raises(TrainingError, match=r"--base 'nope' is not a model of the config"):
         resolve_base(config, "nope", Settings(home=tmp_path))
 

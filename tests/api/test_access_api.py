@@ -13,6 +13,7 @@ import pytest
 
 from gateway.admission.keys import hash_key
 from gateway.errors import UpstreamRejectedError
+from gateway.settings import Settings
 from tests.support.apps import AppFactory
 from tests.support.fakes import FakeEngine
 
@@ -247,13 +248,14 @@ models:
 
 
 def test_config_names_an_unset_key_variable(monkeypatch: pytest.MonkeyPatch) -> None:
-    from gateway.config.schema import parse_config, resolve_config
+    from gateway.config.loader import parse_config
     from gateway.errors import ConfigError
+    from gateway.resolve import resolve
 
     monkeypatch.delenv("TEST_OPS_KEY")
     config = parse_config(KEYS, "gw.yaml")
     with pytest.raises(ConfigError) as info:
-        resolve_config(config, "gw.yaml", config_dir=None)
+        resolve(config, Settings())
     text = str(info.value)
     assert "gw.yaml" in text
     assert "auth.keys[1].env" in text
@@ -261,7 +263,7 @@ def test_config_names_an_unset_key_variable(monkeypatch: pytest.MonkeyPatch) -> 
 
 
 def test_config_refuses_a_key_with_both_or_neither_hash_and_env() -> None:
-    from gateway.config.schema import parse_config
+    from gateway.config.loader import parse_config
     from gateway.errors import ConfigError
 
     for entry in ("{name: a, scopes: [admin]}", f'{{name: a, hash: "{hash_key("k")}", env: K}}'):

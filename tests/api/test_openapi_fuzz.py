@@ -28,7 +28,7 @@ from schemathesis.specs.openapi.checks import (
 
 from gateway.admission.keys import hash_key
 from gateway.app import create_app
-from gateway.config.schema import parse_config
+from gateway.config.loader import parse_config
 from gateway.events.stores import SQLiteStore
 from gateway.settings import Settings
 from tests.support.fakes import FakeEngine

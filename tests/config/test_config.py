@@ -8,8 +8,11 @@ import pytest
 from typer.testing import CliRunner
 
 from gateway.cli.main import app
-from gateway.config.schema import LiteLLMModel, VLLMModel, load_config, parse_config
+from gateway.config.loader import load_config, parse_config
+from gateway.config.schema import LiteLLMModel, VLLMModel
 from gateway.errors import ConfigError
+from gateway.resolve import resolve
+from gateway.settings import Settings
 
 
 def test_embedded_default_serves_smollm2_on_a_launched_vllm() -> None:
@@ -90,7 +93,7 @@ models:
 """
     )
     with pytest.raises(ConfigError) as info:
-        load_config(path)
+        resolve(load_config(path), Settings(home=tmp_path / "home"))
     problems = info.value.problems
     assert any("models.a.api_key_env" in p and "export SB_TEST_KEY" in p for p in problems)
     assert any("models.b.launch.model" in p and str(tmp_path / "weights") in p for p in problems)
@@ -99,7 +102,8 @@ models:
     monkeypatch.setenv("SB_TEST_KEY", "k")
     (tmp_path / "weights").mkdir()
     path.write_text("models:\n  b: {engine: vllm, launch: {model: ./weights}}\n")
-    assert load_config(path).base_dir == tmp_path.resolve()
+    resolved = resolve(load_config(path), Settings(home=tmp_path / "home"))
+    assert resolved.config.base_dir == tmp_path.resolve()
 
 
 def test_config_check_cli(tmp_path: Path) -> None:

@@ -24,7 +24,8 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from gateway.config.schema import GatewayConfig, load_config, parse_config
+from gateway.config.loader import load_config, parse_config
+from gateway.config.schema import GatewayConfig
 from gateway.errors import ConfigError
 from gateway.routing.assignment import BUCKETS, Router
 
@@ -273,7 +274,7 @@ def test_any_utf8_file_loads_or_fails_with_a_config_error_naming_it(text: str) -
         path = Path(folder) / "gateway.yaml"
         path.write_text(text, "utf-8")
         try:
-            load_config(path, resolve=False)
+            load_config(path)
         except ConfigError as exc:
             assert exc.source == str(path)
 
@@ -462,7 +463,7 @@ def test_a_file_that_is_not_utf8_is_a_config_error(tmp_path: Path) -> None:
     path = tmp_path / "gateway.yaml"
     path.write_bytes(b"models: {m: {engine: vllm, urls: [http://h:1]}}\n# caf\xe9\n")
     with pytest.raises(ConfigError, match=r"gateway\.yaml"):
-        load_config(path, resolve=False)
+        load_config(path)
 
 
 @pytest.mark.parametrize("route_weights", [[math.inf, 1.0], [1e308, 1e308]])

@@ -21,7 +21,7 @@ from typer.testing import CliRunner
 
 from gateway.app import create_app
 from gateway.cli.main import app as app_cli
-from gateway.config.schema import parse_config
+from gateway.config.loader import parse_config
 from gateway.engines.supervisor import free_port
 from gateway.errors import EngineUnavailableError
 from gateway.evaluation.backends import HttpBackend, InProcessBackend

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 from scipy import stats
 
-from gateway.config.schema import parse_config
+from gateway.config.loader import parse_config
 from gateway.experiments.analysis import analyse, two_proportion, welch, wilson
 
 CONFIG = """

@@ -10,7 +10,7 @@ import openai
 import pytest
 
 from gateway.app import create_app
-from gateway.config.schema import parse_config
+from gateway.config.loader import parse_config
 from gateway.engines.supervisor import free_port
 from gateway.settings import Settings
 

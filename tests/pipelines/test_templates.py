@@ -6,11 +6,13 @@ from pathlib import Path
 
 import pytest
 
-from gateway.config.schema import load_config, parse_config
+from gateway.config.loader import load_config, parse_config
 from gateway.datasets import split_of
 from gateway.errors import ConfigError
 from gateway.pipelines import prompt
 from gateway.pipelines.loader import PipelineError, load_pipeline, load_pipelines
+from gateway.resolve import resolve
+from gateway.settings import Settings
 
 INJECTIONS = [
     "{{7*7}}",
@@ -86,7 +88,7 @@ def test_gateway_yaml_check_and_startup_report_broken_templates(tmp_path: Path) 
     config_file = tmp_path / "gateway.yaml"
     config_file.write_text(CONFIG)
     with pytest.raises(ConfigError) as info:
-        load_config(config_file)
+        resolve(load_config(config_file), Settings(home=tmp_path / "home"))
     assert any("question.j2, line 2" in p and "'missing'" in p for p in info.value.problems)
 
 

@@ -10,7 +10,7 @@ import sys
 import pytest
 from scipy import stats
 
-from gateway.config.schema import parse_config
+from gateway.config.loader import parse_config
 from gateway.errors import InvalidRequestError
 from gateway.routing.assignment import Router
 

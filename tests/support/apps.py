@@ -10,7 +10,7 @@ import httpx
 import openai
 
 from gateway.app import create_app
-from gateway.config.schema import parse_config
+from gateway.config.loader import parse_config
 from gateway.engines.base import Engine
 from gateway.settings import Settings
 from tests.support.fakes import FakeEngine
