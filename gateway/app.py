@@ -22,8 +22,8 @@ from gateway.api.access import scoped
 from gateway.api.errors import install_error_handlers
 from gateway.api.hot_path import ChatHotPath
 from gateway.api.middleware import BodySizeLimit
-from gateway.config.schema import PACKAGED_PREFIX, GatewayConfig, VLLMModel
-from gateway.engines.factory import Engine, build_engine
+from gateway.config.schema import GatewayConfig
+from gateway.engines.factory import Engine, build_engines, start_engines
 from gateway.events.log import EventLog
 from gateway.events.metrics import Metrics
 from gateway.events.stores import StoreError, open_store
@@ -174,35 +174,3 @@ def _routes_retrieve(config: GatewayConfig, runner: PipelineRunner) -> bool:
         for variant in route.variants.values()
         if variant.pipeline in names
     )
-
-
-async def build_engines(config: GatewayConfig, settings: Settings) -> dict[str, Engine]:
-    await asyncio.to_thread(prepare_packaged_models, config, settings)
-    return {
-        name: build_engine(name, spec, settings, config.base_dir)
-        for name, spec in config.models.items()
-    }
-
-
-def prepare_packaged_models(config: GatewayConfig, settings: Settings) -> None:
-    """Convert packaged models that are not prepared yet (a one-time step per machine)."""
-    from gateway.engines.packaged import is_prepared, prepare_model
-
-    for spec in config.models.values():
-        if (
-            isinstance(spec, VLLMModel)
-            and spec.launch
-            and spec.launch.model.startswith(PACKAGED_PREFIX)
-        ):
-            name = spec.launch.model.removeprefix(PACKAGED_PREFIX)
-            if not is_prepared(settings.models_dir, name):
-                prepare_model(settings.models_dir, name)
-
-
-async def start_engines(engines: dict[str, Engine]) -> None:
-    """Start every engine at once; if one fails, stop the others and raise its error."""
-    results = await asyncio.gather(*(e.start() for e in engines.values()), return_exceptions=True)
-    failures = [r for r in results if isinstance(r, BaseException)]
-    if failures:
-        await asyncio.gather(*(e.stop() for e in engines.values()), return_exceptions=True)
-        raise failures[0]

@@ -15,7 +15,6 @@ from gateway.adapters.registry import AdapterNotFoundError, check_name
 from gateway.adapters.serving import AdapterServing, AdapterState
 from gateway.api.bodies import AUTH_ERRORS, error_responses
 from gateway.api.deps import get_state
-from gateway.errors import NotFoundError
 from gateway.state import GatewayState
 
 router = APIRouter(tags=["adapters"])
@@ -51,8 +50,6 @@ class AdapterList(BaseModel):
 
 
 def get_adapters(state: Annotated[GatewayState, Depends(get_state)]) -> AdapterServing:
-    if state.adapters is None:
-        raise NotFoundError("This gateway serves no adapters.")
     return state.adapters
 
 

@@ -79,7 +79,8 @@ def serve(
     """Start the gateway (and the vLLM engines it launches)."""
     import uvicorn
 
-    from gateway.app import create_app, prepare_packaged_models
+    from gateway.app import create_app
+    from gateway.engines.factory import prepare_packaged_models
 
     settings = Settings()
     cfg = _load(config or settings.config)

@@ -190,8 +190,7 @@ async def _generate(
     on_done: Callable[[Attempt], None],
 ) -> list[Attempt]:
     """Run the model over the items: at ``url``, or on the config's engine started here."""
-    from gateway.app import prepare_packaged_models
-    from gateway.engines.factory import build_engine
+    from gateway.engines.factory import build_engine, prepare_packaged_models
     from gateway.engines.target import base_target
     from gateway.engines.vllm import VLLMEngine
     from gateway.pipelines.exemplars import generate

@@ -2,16 +2,24 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 from pathlib import Path
 
-from gateway.config.schema import PACKAGED_PREFIX, LiteLLMModel, ModelSpec, VLLMModel, model_path
+from gateway.config.schema import (
+    PACKAGED_PREFIX,
+    GatewayConfig,
+    LiteLLMModel,
+    ModelSpec,
+    VLLMModel,
+    model_path,
+)
 from gateway.engines.base import Engine, EngineHealth
 from gateway.engines.supervisor import VLLMSupervisor
 from gateway.engines.vllm import VLLMEngine
 from gateway.settings import Settings
 
-__all__ = ["Engine", "EngineHealth", "build_engine"]
+__all__ = ["Engine", "EngineHealth", "build_engine", "build_engines", "start_engines"]
 
 
 def build_engine(
@@ -74,3 +82,35 @@ def launch_target(model: str, settings: Settings, base_dir: Path | None) -> tupl
     if model.startswith(("/", "./", "../", "~")):
         return str(model_path(model, base_dir)), True
     return model, False
+
+
+async def build_engines(config: GatewayConfig, settings: Settings) -> dict[str, Engine]:
+    await asyncio.to_thread(prepare_packaged_models, config, settings)
+    return {
+        name: build_engine(name, spec, settings, config.base_dir)
+        for name, spec in config.models.items()
+    }
+
+
+def prepare_packaged_models(config: GatewayConfig, settings: Settings) -> None:
+    """Convert packaged models that are not prepared yet (a one-time step per machine)."""
+    from gateway.engines.packaged import is_prepared, prepare_model
+
+    for spec in config.models.values():
+        if (
+            isinstance(spec, VLLMModel)
+            and spec.launch
+            and spec.launch.model.startswith(PACKAGED_PREFIX)
+        ):
+            name = spec.launch.model.removeprefix(PACKAGED_PREFIX)
+            if not is_prepared(settings.models_dir, name):
+                prepare_model(settings.models_dir, name)
+
+
+async def start_engines(engines: dict[str, Engine]) -> None:
+    """Start every engine at once; if one fails, stop the others and raise its error."""
+    results = await asyncio.gather(*(e.start() for e in engines.values()), return_exceptions=True)
+    failures = [r for r in results if isinstance(r, BaseException)]
+    if failures:
+        await asyncio.gather(*(e.stop() for e in engines.values()), return_exceptions=True)
+        raise failures[0]

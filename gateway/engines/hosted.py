@@ -13,26 +13,19 @@ named arguments; everything else goes upstream verbatim inside ``extra_body``.
 from __future__ import annotations
 
 import asyncio
-import email.utils
 import logging
-import math
 import os
-import re
-import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import Any, Final
 
-import httpx
 import orjson
 
 from gateway.engines.base import EngineHealth, EngineState
+from gateway.engines.hosted_errors import map_error
 from gateway.errors import (
-    EngineError,
     EngineTimeoutError,
     EngineUnavailableError,
     GatewayError,
-    UpstreamRateLimitedError,
-    UpstreamRejectedError,
 )
 
 # Without this LiteLLM downloads its model cost map from GitHub at import time (a network
@@ -88,24 +81,6 @@ _NAMED_PARAMS: Final = frozenset(
 _ENGINE_KEYS: Final = frozenset({"model", "stream"})
 # Named parameters LiteLLM never checks against the provider's list, so they need no opt-in.
 _UNCHECKED: Final = frozenset({"messages", "stream_options"})
-
-# "litellm.InternalServerError: InternalServerError: OpenAIException - {...}": the prefixes
-# LiteLLM puts before the provider's own text.
-_LITELLM_PREFIX: Final = re.compile(r"^(?:litellm\.\w+:|\w+Error:|\w+Exception\s+-)\s*")
-_MAX_MESSAGE: Final = 1000
-_KIND_BY_STATUS: Final = {
-    400: "rejected",
-    422: "rejected",
-    401: "credentials",
-    403: "credentials",
-    404: "not_found",
-    408: "timeout",
-    504: "timeout",
-    429: "rate_limited",
-    503: "unavailable",
-}
-# How many exception causes to follow when looking for the transport error under LiteLLM's.
-_MAX_CHAIN: Final = 10
 
 # LiteLLM's HTTP clients live in one process-wide cache shared by every LiteLLM engine; they
 # are closed when the last started engine stops (else their sockets leak: ResourceWarning).
@@ -310,128 +285,21 @@ class LiteLLMEngine:
             "max_retries": 0,
         }
 
+    def _map_error(self, exc: Exception) -> GatewayError:
+        return map_error(
+            exc,
+            litellm=self._litellm,
+            model_id=self.model_id,
+            litellm_model=self.litellm_model,
+            where=self.api_base or f"the {self._provider} API",
+            api_key=self._api_key,
+            timeout=self._timeout,
+        )
+
     def _timeout(self) -> EngineTimeoutError:
         return EngineTimeoutError(
             f"the hosted model behind '{self.model_id}' did not answer within {self.timeout_s:g} s"
         )
-
-    def _clean(self, exc: BaseException) -> str:
-        """The provider's own words from a LiteLLM exception, without prefixes or secrets."""
-        raw = getattr(exc, "message", None)
-        text = raw if isinstance(raw, str) else str(exc)
-        text = text.strip()
-        for _ in range(3):
-            text = _LITELLM_PREFIX.sub("", text, count=1)
-        text = _provider_error_message(text) or text
-        # UnsupportedParamsError goes on with advice for LiteLLM's own users ("To drop these,
-        # set `litellm.drop_params=True`..."), which means nothing to our client.
-        text = text.split("To drop these", 1)[0].rstrip(" .\n") or text
-        # Providers sometimes echo a (partly masked) key back; never pass ours on.
-        if self._api_key:
-            text = text.replace(self._api_key, "***")
-        if "Traceback (most recent call last)" in text:
-            text = text.split("Traceback (most recent call last)", 1)[0].rstrip()
-        text = text.strip() or type(exc).__name__
-        return text if len(text) <= _MAX_MESSAGE else text[: _MAX_MESSAGE - 3] + "..."
-
-    def _map_error(self, exc: Exception) -> GatewayError:
-        """Map one exception from LiteLLM (or below it) to the gateway's error tree."""
-        if isinstance(exc, GatewayError):
-            return exc
-        kind = self._error_kind(exc)
-        who = f"the hosted model behind '{self.model_id}'"
-        if kind == "timeout":
-            return self._timeout()
-        if kind == "rejected":
-            return UpstreamRejectedError(self._clean(exc))
-        if kind == "credentials":
-            error = EngineError(
-                f"{who} rejected the gateway's credentials for '{self.litellm_model}'; "
-                "this is a gateway configuration problem, not the client's"
-            )
-            error.retryable = False
-            return error
-        if kind == "not_found":
-            error = EngineError(
-                f"{who}: the upstream does not serve model '{self.litellm_model}' "
-                f"({self._clean(exc)})"
-            )
-            error.retryable = False
-            return error
-        if kind == "rate_limited":
-            return UpstreamRateLimitedError(
-                f"{who} is rate limited upstream: {self._clean(exc)}",
-                retry_after_s=_retry_after_s(exc),
-            )
-        if kind == "unreachable":
-            where = self.api_base or f"the {self._provider} API"
-            return EngineUnavailableError(f"{who} is unreachable: cannot connect to {where}")
-        if kind == "unavailable":
-            return EngineUnavailableError(
-                f"{who} is unavailable: {self._clean(exc)}",
-                retry_after_s=_retry_after_s(exc) or 5,
-            )
-        if kind == "failed":
-            return EngineError(f"{who} failed upstream: {self._clean(exc)}")
-        # Not a LiteLLM error type: a bug or an unwrapped transport error. Its text may hold
-        # internals, so the client gets the type only and the log gets the rest.
-        log.warning(
-            "unexpected %s from LiteLLM for model %s", type(exc).__name__, self.model_id,
-            exc_info=exc,
-        )  # fmt: skip
-        return EngineError(f"{who} failed ({type(exc).__name__})")
-
-    def _error_kind(self, exc: Exception) -> str:
-        """Classify a LiteLLM exception: by class first, then by the upstream's status."""
-        exceptions = getattr(self._litellm, "exceptions", None)
-        if exceptions is None:  # not started, so it cannot come from LiteLLM
-            return "unknown"
-        # Order matters: Timeout subclasses openai.APIConnectionError, and
-        # ContextWindowExceeded/ContentPolicy/UnsupportedParams subclass BadRequestError.
-        if isinstance(exc, exceptions.Timeout | TimeoutError):
-            return "timeout"
-        if isinstance(exc, exceptions.BadRequestError | exceptions.UnprocessableEntityError):
-            return "rejected"
-        if isinstance(exc, exceptions.AuthenticationError | exceptions.PermissionDeniedError):
-            return "credentials"
-        if isinstance(exc, exceptions.NotFoundError):
-            return "not_found"
-        if isinstance(exc, exceptions.RateLimitError):
-            return "rate_limited"
-        # LiteLLM 1.105.3 reports a refused connection as InternalServerError (500), for
-        # 'openai/' and 'hosted_vllm/' alike; the transport error under it tells the truth.
-        transport = _transport_error(exc)
-        if isinstance(transport, httpx.ConnectError | ConnectionRefusedError):
-            return "unreachable"
-        if isinstance(exc, exceptions.ServiceUnavailableError):
-            return "unavailable"
-        if transport is not None:  # the connection broke after it was made
-            return "failed"
-        # APIConnectionError is also LiteLLM's wrapper for *any* unexpected exception inside
-        # completion() (its own bugs included), so without a transport error under it, it says
-        # nothing about the network: treat it as unknown (logged, type-only message).
-        if isinstance(exc, exceptions.APIConnectionError) or not isinstance(
-            exc, tuple(exceptions.LITELLM_EXCEPTION_TYPES)
-        ):
-            return "unknown"
-        # A plain APIError: LiteLLM 1.105.3 raises one for statuses it has no class for on
-        # OpenAI-compatible providers, 403 among them.
-        status = getattr(exc, "status_code", None)
-        return _KIND_BY_STATUS.get(status if isinstance(status, int) else 0, "failed")
-
-
-def _transport_error(exc: BaseException) -> BaseException | None:
-    """The transport failure (other than a timeout) somewhere under a LiteLLM exception."""
-    seen: BaseException | None = exc
-    for _ in range(_MAX_CHAIN):
-        if seen is None:
-            return None
-        if isinstance(seen, httpx.TransportError) and not isinstance(seen, httpx.TimeoutException):
-            return seen
-        if isinstance(seen, ConnectionError):
-            return seen
-        seen = seen.__cause__ or seen.__context__
-    return None
 
 
 def _to_dict(response: Any) -> dict[str, Any]:
@@ -467,58 +335,3 @@ def _is_empty_choice(choice: Any) -> bool:
         )
         and not delta.get("reasoning_content")
     )
-
-
-def _provider_error_message(text: str) -> str | None:
-    """The ``error.message`` when the text is an OpenAI-shaped JSON error body."""
-    start = text.find("{")
-    if start < 0:
-        return None
-    try:
-        data = orjson.loads(text[start:])
-    except orjson.JSONDecodeError:
-        return None
-    if not isinstance(data, dict):
-        return None
-    error = data.get("error", data)
-    if isinstance(error, dict) and isinstance(error.get("message"), str):
-        return str(error["message"])
-    if isinstance(error, str):
-        return error
-    return None
-
-
-def _retry_after_s(exc: Exception) -> int | None:
-    """Whole seconds from the upstream's retry-after(-ms) header, when it sent one."""
-    # LiteLLM 1.105.3 keeps the upstream's headers in litellm_response_headers (a dict or
-    # httpx.Headers); ``headers`` and ``response.headers`` are looked at for older shapes.
-    candidates = (
-        getattr(exc, "litellm_response_headers", None),
-        getattr(exc, "headers", None),
-        getattr(getattr(exc, "response", None), "headers", None),
-    )
-    sources = [
-        {str(k).lower(): v for k, v in found.items()}
-        for found in candidates
-        if isinstance(found, Mapping | httpx.Headers)
-    ]
-    for found in sources:
-        milliseconds = found.get("retry-after-ms")
-        if milliseconds is not None:
-            try:
-                return max(0, math.ceil(float(milliseconds) / 1000))
-            except ValueError:
-                pass
-        value = found.get("retry-after")
-        if value is None:
-            continue
-        try:
-            return max(0, math.ceil(float(value)))
-        except ValueError:
-            pass
-        try:
-            when = email.utils.parsedate_to_datetime(str(value))
-        except (TypeError, ValueError):
-            continue
-        return max(0, math.ceil(when.timestamp() - time.time()))
-    return None
