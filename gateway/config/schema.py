@@ -225,11 +225,47 @@ class MetricSpec(_Spec):
     higher_is_better: bool = True
 
 
+class GuardrailSpec(_Spec):
+    """A metric no variant may make worse than the control by more than ``margin``.
+
+    Built in: error_rate, latency_p95 (ms), cost (per request); or any feedback metric. The
+    margin is in the metric's own units (0.02 = two points of error rate, 200 = 200 ms).
+    """
+
+    margin: float = Field(default=0.0, ge=0)
+
+
 class ExperimentSpec(_Spec):
+    """How a route's experiment is analysed and decided (gateway/experiments/)."""
+
     metrics: dict[str, MetricSpec] = Field(default_factory=dict)
-    min_samples: int = Field(default=100, ge=2, description="per variant, before a verdict")
+    primary: str | None = Field(default=None, description="the deciding metric; default: first")
+    min_samples: int = Field(
+        default=100,
+        ge=2,
+        description="units per variant before any decision: the always-valid interval's "
+        "normal approximation holds from here (coverage measured in docs/experiments.md)",
+    )
     alpha: float = Field(default=0.05, gt=0, lt=1)
     control: str | None = Field(default=None, description="default: the first variant")
+    min_effect: float | None = Field(
+        default=None,
+        gt=0,
+        description="the smallest difference worth finding on the primary metric: the report "
+        "shows the sample it needs, and 'no_difference' once the interval rules it out",
+    )
+    planned_samples: int | None = Field(
+        default=None,
+        ge=2,
+        description="units per variant for a one-look fixed-horizon test; without it the "
+        "always-valid test is used, safe to read at any time",
+    )
+    expected_samples: int = Field(
+        default=1000, ge=10, description="units per variant where the always-valid test is tightest"
+    )
+    guardrails: dict[str, GuardrailSpec] = Field(default_factory=dict)
+    on_decision: Literal["report", "promote"] = "report"
+    on_guardrail_breach: Literal["report", "rollback"] = "report"
 
 
 STICKY_KEY = re.compile(r"^(user|none|header:[A-Za-z0-9-]+)$")

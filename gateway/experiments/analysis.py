@@ -1,10 +1,11 @@
-"""Experiment analysis: per-variant figures with 95% intervals, tests between variants, and a
-verdict that says plainly when the data is not yet enough.
+"""Experiment analysis: a route's live traffic turned into figures, comparisons and a decision.
 
-Booleans: Wilson intervals, and the two-proportion z-test (pooled) for differences with an
-unpooled interval. Floats: t intervals, and Welch's t-test with the Welch-Satterthwaite degrees
-of freedom. The split is checked for a sample-ratio mismatch with a chi-square test against
-the weights (p below 0.001 flags it).
+What counts (intention to treat, units.py): each request is counted once, for the variant it
+was assigned, with its last attempt's outcome and feedback; pinned, promoted and shadow traffic
+is reported apart and never compared; a failed request is a failure of every boolean quality
+metric (``failed_requests`` in the report says how many). With a sticky key the unit of analysis
+is the key, without one the request. The statistics are in sequential.py, units.py,
+comparisons.py, power.py, and the rule in decision.py.
 """
 
 from __future__ import annotations
@@ -15,14 +16,17 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from scipy import stats
+import numpy as np
 
-from gateway.config.schema import ExperimentSpec, MetricSpec, RouteSpec
+from gateway.config.schema import ExperimentSpec, RouteSpec
+from gateway.experiments.decision import Metric, Setup, evaluate
+from gateway.experiments.units import RANDOMISED, Request, Stream, codes, requests
 
 Z95 = 1.959963984540054
-SRM_P = 0.001
 #: the feedback name ``gateway eval`` scores offline events with (see offline_runs)
 OFFLINE_METRIC = "correct"
+#: guardrails every experiment can declare without a feedback metric
+BUILT_IN_GUARDRAILS = ("error_rate", "latency_p95", "cost")
 
 
 @dataclass(frozen=True)
@@ -36,56 +40,15 @@ class Estimate:
         return {"n": self.n, "mean": self.mean, "ci95": [self.low, self.high]}
 
 
-def wilson(successes: int, n: int) -> Estimate:
+def wilson(successes: int, n: int, z: float = Z95) -> Estimate:
+    """The Wilson score interval (Wilson, JASA 1927): valid at one look."""
     if n == 0:
         return Estimate(0, None, None, None)
     p = successes / n
-    denom = 1 + Z95**2 / n
-    centre = (p + Z95**2 / (2 * n)) / denom
-    half = Z95 * math.sqrt(p * (1 - p) / n + Z95**2 / (4 * n * n)) / denom
+    denom = 1 + z**2 / n
+    centre = (p + z**2 / (2 * n)) / denom
+    half = z * math.sqrt(p * (1 - p) / n + z**2 / (4 * n * n)) / denom
     return Estimate(n, p, max(0.0, centre - half), min(1.0, centre + half))
-
-
-def mean_interval(values: Sequence[float]) -> Estimate:
-    n = len(values)
-    if n == 0:
-        return Estimate(0, None, None, None)
-    mean = sum(values) / n
-    if n == 1:
-        return Estimate(1, mean, None, None)
-    sd = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1))
-    half = float(stats.t.ppf(0.975, n - 1)) * sd / math.sqrt(n)
-    return Estimate(n, mean, mean - half, mean + half)
-
-
-def two_proportion(s1: int, n1: int, s2: int, n2: int) -> tuple[float, float, float, float] | None:
-    """(difference p2 - p1, interval low, high, two-sided p-value) or None without data."""
-    if n1 == 0 or n2 == 0:
-        return None
-    p1, p2 = s1 / n1, s2 / n2
-    diff = p2 - p1
-    se = math.sqrt(p1 * (1 - p1) / n1 + p2 * (1 - p2) / n2)
-    pooled = (s1 + s2) / (n1 + n2)
-    se0 = math.sqrt(pooled * (1 - pooled) * (1 / n1 + 1 / n2))
-    p_value = 1.0 if se0 == 0 else float(2 * stats.norm.sf(abs(diff) / se0))
-    return diff, diff - Z95 * se, diff + Z95 * se, p_value
-
-
-def welch(a: Sequence[float], b: Sequence[float]) -> tuple[float, float, float, float] | None:
-    """(difference mean(b) - mean(a), interval low, high, two-sided p-value) or None."""
-    if len(a) < 2 or len(b) < 2:
-        return None
-    ma, mb = sum(a) / len(a), sum(b) / len(b)
-    va = sum((x - ma) ** 2 for x in a) / (len(a) - 1)
-    vb = sum((x - mb) ** 2 for x in b) / (len(b) - 1)
-    se2 = va / len(a) + vb / len(b)
-    diff = mb - ma
-    if se2 == 0:
-        return diff, diff, diff, 1.0 if diff == 0 else 0.0
-    df = se2**2 / ((va / len(a)) ** 2 / (len(a) - 1) + (vb / len(b)) ** 2 / (len(b) - 1))
-    half = float(stats.t.ppf(0.975, df)) * math.sqrt(se2)
-    p_value = float(stats.ttest_ind(b, a, equal_var=False).pvalue)
-    return diff, diff - half, diff + half, p_value
 
 
 def percentile(values: Sequence[float], q: float) -> float | None:
@@ -97,21 +60,10 @@ def percentile(values: Sequence[float], q: float) -> float | None:
     return ordered[low] + (ordered[high] - ordered[low]) * (rank - low)
 
 
-def sample_ratio(counts: dict[str, int], weights: dict[str, float]) -> dict[str, Any] | None:
-    active = {name: w for name, w in weights.items() if w > 0}
-    total = sum(counts.get(n, 0) for n in active)
-    if len(active) < 2 or total == 0:
-        return None
-    weight_sum = sum(active.values())
-    observed = [counts.get(n, 0) for n in active]
-    expected = [total * w / weight_sum for w in active.values()]
-    p_value = float(stats.chisquare(observed, expected).pvalue)
-    return {
-        "observed": dict(zip(active, observed, strict=True)),
-        "expected": {n: round(e, 2) for n, e in zip(active, expected, strict=True)},
-        "p_value": p_value,
-        "mismatch": p_value < SRM_P,
-    }
+def mean_present(values: Any) -> float | None:
+    """The mean of the values that are not None; None when there are none."""
+    present = [float(v) for v in values if v is not None]
+    return sum(present) / len(present) if present else None
 
 
 # -- the report ----------------------------------------------------------------------------------
@@ -124,51 +76,245 @@ def analyse(
     feedback: Sequence[dict[str, Any]],
     *,
     promoted: str | None = None,
+    actions: Sequence[dict[str, Any]] = (),
 ) -> dict[str, Any]:
-    """The report of one route's live traffic: shadow and offline events are left out."""
+    """The report of one route's live traffic, with its machine-readable ``decision``."""
     experiment = spec.experiment or ExperimentSpec()
-    live = [
-        e
-        for e in events
-        if e.get("route") == route
-        and not e.get("shadow")
-        and (e.get("source") or "online") == "online"
+    weights = {n: v.weight for n, v in spec.variants.items()}
+    arms = [n for n, w in weights.items() if w > 0]
+    control = experiment.control if experiment.control in arms else arms[0]
+    primary = experiment.primary or next(iter(experiment.metrics), "error_rate")
+    online = [
+        e for e in events if e.get("route") == route and (e.get("source") or "online") == "online"
     ]
-    by_variant: dict[str, list[dict[str, Any]]] = defaultdict(list)
-    for event in live:
-        by_variant[event["variant"]].append(event)
-    values = _metric_values(feedback, experiment.metrics)
+    shadow = [e for e in online if e.get("shadow")]
+    every = requests([e for e in online if not e.get("shadow")])
+    compared = [r for r in every if r.reason in RANDOMISED and r.assigned in arms]
+    apart = [r for r in every if r not in compared]
+    values = metric_values(feedback, set(experiment.metrics) | {OFFLINE_METRIC})
 
-    variants: dict[str, dict[str, Any]] = {}
-    samples: dict[str, dict[str, list[float]]] = {}
-    for name in spec.variants:
-        rows = by_variant.get(name, [])
-        variants[name], samples[name] = _variant_figures(rows, experiment.metrics, values)
-
-    control = experiment.control or next(iter(spec.variants))
-    comparisons = _comparisons(control, spec, experiment, samples)
-    first_attempts: dict[str, int] = defaultdict(int)
-    for event in live:
-        if event.get("assignment") in ("sticky", "random"):
-            first_attempts[event["variant"]] += 1
-    srm = (
-        None
-        if promoted
-        else sample_ratio(dict(first_attempts), {n: v.weight for n, v in spec.variants.items()})
+    arm_index = {name: i for i, name in enumerate(arms)}
+    unit_codes, _ = codes([r.unit for r in compared])
+    arm_codes = np.fromiter((arm_index[r.assigned] for r in compared), dtype=np.int64)
+    streams = _streams(compared, unit_codes, arm_codes, experiment, values)
+    firsts = _first_assignments(compared, unit_codes, arm_codes)
+    setup = Setup(
+        arms=arms,
+        control=arm_index[control],
+        weights=[weights[a] for a in arms],
+        primary=primary,
+        alpha=experiment.alpha,
+        burn_in=experiment.min_samples,
+        n_star=float(experiment.planned_samples or experiment.expected_samples),
+        planned=experiment.planned_samples,
+        min_effect=experiment.min_effect,
+        guardrails={n: g.margin for n, g in experiment.guardrails.items()},
     )
+    result = evaluate(setup, streams, firsts)
+    decision = dict(result.decision)
+    decision["promoted"] = promoted
+    decision["safe_to_act"] = decision["status"] in ("winner", "no_difference", "guardrail_breach")
+    decision["actions"] = list(actions)
+    by_assigned: dict[str, list[Request]] = defaultdict(list)
+    for r in compared:
+        by_assigned[r.assigned].append(r)
+    variants = {}
+    for name in spec.variants:
+        figures = _request_figures(by_assigned.get(name, []))
+        figures["weight"] = weights[name]
+        figures["units"] = len({r.unit for r in by_assigned.get(name, [])})
+        if name in arm_index:
+            i = arm_index[name]
+            figures["metrics"] = {m: result.figures[m][i] for m in streams}
+        else:
+            figures["metrics"] = {}
+        variants[name] = figures
     return {
         "route": route,
         "control": control,
         "promoted": promoted,
-        "weights": {n: v.weight for n, v in spec.variants.items()},
+        "weights": weights,
+        "unit": "request" if spec.sticky_key == "none" else f"sticky key ({spec.sticky_key})",
         "min_samples": experiment.min_samples,
         "alpha": experiment.alpha,
         "variants": variants,
-        "comparisons": comparisons,
-        "sample_ratio": srm,
-        "verdict": _verdict(control, experiment, variants, comparisons, srm, promoted),
+        "comparisons": result.comparisons,
+        "guardrails": result.guardrails,
+        "power": result.power,
+        "sample_ratio": result.sample_ratio,
+        "apart": _apart(apart, shadow),
+        "failed_requests": {
+            "counted_as": "a failure of every boolean quality metric (intention to treat)",
+            "by_variant": {n: v["errors"] for n, v in variants.items()},
+        },
+        "decision": decision,
+        "verdict": verdict(decision, result.comparisons, experiment),
         "offline": offline_runs(route, events, feedback),
     }
+
+
+def metric_values(
+    feedback: Sequence[dict[str, Any]], names: set[str]
+) -> dict[str, dict[str, float]]:
+    """metric -> inference id -> value; the latest feedback for the same pair wins."""
+    values: dict[str, dict[str, float]] = defaultdict(dict)
+    for row in sorted(feedback, key=lambda r: r["ts"]):
+        if row["name"] in names and row.get("value") is not None:
+            values[row["name"]][row["inference_id"]] = float(row["value"])
+    return values
+
+
+def _value(request: Request, values: dict[str, float]) -> float | None:
+    for inference_id in reversed(request.ids):
+        if inference_id in values:
+            return values[inference_id]
+    return None
+
+
+def _streams(
+    compared: list[Request],
+    unit_codes: np.ndarray[Any, np.dtype[np.int64]],
+    arm_codes: np.ndarray[Any, np.dtype[np.int64]],
+    experiment: ExperimentSpec,
+    values: dict[str, dict[str, float]],
+) -> dict[str, Metric]:
+    """Every metric as (unit, arm, y, n) observations in request order."""
+    columns: dict[str, tuple[list[int], list[float], list[float]]] = defaultdict(
+        lambda: ([], [], [])
+    )
+    kinds: dict[str, tuple[str, bool]] = {
+        name: (m.type, m.higher_is_better) for name, m in experiment.metrics.items()
+    }
+    kinds.update(error_rate=("boolean", False), latency_ms=("float", False), cost=("float", False))
+    correct_metric = next(
+        (
+            n
+            for n in (OFFLINE_METRIC, *experiment.metrics)
+            if n in experiment.metrics and experiment.metrics[n].type == "boolean"
+        ),
+        None,
+    )
+    if correct_metric is not None:
+        kinds["cost_per_correct"] = ("ratio", False)
+
+    def add(name: str, i: int, y: float, n: float = 1.0) -> None:
+        rows, ys, ns = columns[name]
+        rows.append(i)
+        ys.append(y)
+        ns.append(n)
+
+    for i, request in enumerate(compared):
+        failed = request.status == "error"
+        if request.status != "cancelled":
+            add("error_rate", i, float(failed))
+        if request.status == "ok" and request.latency_ms is not None:
+            add("latency_ms", i, request.latency_ms)
+        if request.cost is not None:
+            add("cost", i, request.cost)
+        for name, metric in experiment.metrics.items():
+            value = _value(request, values.get(name, {}))
+            if value is None and failed and metric.type == "boolean":
+                value = 0.0 if metric.higher_is_better else 1.0
+            if value is not None:
+                add(name, i, value)
+        if correct_metric is not None and request.cost is not None:
+            correct = _value(request, values.get(correct_metric, {}))
+            if correct is None and failed:
+                correct = 0.0
+            if correct is not None:
+                add("cost_per_correct", i, request.cost, correct)
+    out = {}
+    for name, (rows, ys, ns) in columns.items():
+        index = np.asarray(rows, dtype=np.int64)
+        stream = Stream(unit_codes[index], arm_codes[index], np.asarray(ys), np.asarray(ns))
+        kind, higher = kinds[name]
+        out[name] = Metric(name, kind, higher, stream)  # type: ignore[arg-type]
+    for name in experiment.metrics:
+        if name not in out:
+            empty = Stream(np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0), np.zeros(0))
+            kind, higher = kinds[name]
+            out[name] = Metric(name, kind, higher, empty)  # type: ignore[arg-type]
+    return out
+
+
+def _first_assignments(
+    compared: list[Request],
+    unit_codes: np.ndarray[Any, np.dtype[np.int64]],
+    arm_codes: np.ndarray[Any, np.dtype[np.int64]],
+) -> np.ndarray[Any, np.dtype[np.int64]]:
+    """The arm of each distinct unit at its first request, in order of first requests."""
+    if not compared:
+        return np.zeros(0, dtype=np.int64)
+    _, first = np.unique(unit_codes, return_index=True)
+    out: np.ndarray[Any, np.dtype[np.int64]] = arm_codes[np.sort(first)]
+    return out
+
+
+def _request_figures(rows: list[Request]) -> dict[str, Any]:
+    ok = [r for r in rows if r.status == "ok"]
+    latencies = [r.latency_ms for r in ok if r.latency_ms is not None]
+    errors = sum(r.status == "error" for r in rows)
+    return {
+        "n": len(rows),
+        "errors": errors,
+        "answered_by_fallback": sum(r.answered_by != r.assigned for r in rows),
+        "latency_ms": {"p50": percentile(latencies, 0.5), "p95": percentile(latencies, 0.95)},
+        "prompt_tokens": mean_present(r.final.get("prompt_tokens") for r in ok),
+        "completion_tokens": mean_present(r.final.get("completion_tokens") for r in ok),
+        "cost": mean_present(r.cost for r in rows),
+    }
+
+
+def _apart(rows: list[Request], shadow: list[dict[str, Any]]) -> dict[str, dict[str, int]]:
+    """Traffic that is reported but never compared: pinned, promoted, shadow, other."""
+    out: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
+    for r in rows:
+        out[r.reason if r.reason in ("pinned", "promoted") else "other"][r.assigned] += 1
+    for e in shadow:
+        out["shadow"][str(e.get("variant"))] += 1
+    return {k: dict(v) for k, v in out.items()}
+
+
+def verdict(
+    decision: dict[str, Any], comparisons: list[dict[str, Any]], experiment: ExperimentSpec
+) -> str:
+    """The decision in one plain paragraph, saying whether it is safe to act."""
+    metric = decision["metric"]
+    status = decision["status"]
+    lead = ""
+    if decision.get("promoted"):
+        lead = f"'{decision['promoted']}' was promoted: it gets all traffic. "
+    spans = []
+    for c in comparisons:
+        if c["primary"] and c["p_value"] is not None:
+            low, high = c["ci95"]
+            spans.append(
+                f"'{c['variant']}' - '{c['against']}' {c['difference']:+.4g} "
+                f"(95% CI {low:+.4g} to {high:+.4g}, adjusted p = {c['p_adjusted']:.3g})"
+            )
+    figures = f" On {metric}: " + "; ".join(spans) + "." if spans else ""
+    if status == "sample_ratio_mismatch":
+        text = (
+            f"Sample ratio mismatch: {decision['reason']}. Do not act on this experiment until "
+            "the cause (assignment, logging, a filter) is found."
+        )
+    elif status == "guardrail_breach":
+        text = f"Do not promote: {decision['reason']} beyond its margin."
+    elif status == "winner":
+        text = (
+            f"{decision['reason']}, and no guardrail is breached. Safe to act: this test stays "
+            "valid however often the report was read."
+            if experiment.planned_samples is None
+            else f"{decision['reason']} at the planned sample size. Safe to act."
+        )
+    elif status == "no_difference":
+        text = f"No difference worth acting on: {decision['reason']}. Safe to stop."
+    else:
+        text = (
+            f"Keep the experiment running ({decision['reason']}). Reading this report as often "
+            "as you like does not change its error rate; acting now would be a guess."
+        )
+    return lead + text + figures
 
 
 def offline_runs(
@@ -216,138 +362,3 @@ def offline_runs(
         started = min(float(r["ts"]) for r in rows)
         out.append({"run_id": run_id, "started": started, "variants": variants})
     return sorted(out, key=lambda run: run["started"], reverse=True)
-
-
-def _metric_values(
-    feedback: Sequence[dict[str, Any]], metrics: dict[str, MetricSpec]
-) -> dict[str, dict[str, float]]:
-    """metric -> inference id -> value; the latest feedback for the same pair wins."""
-    values: dict[str, dict[str, float]] = defaultdict(dict)
-    for row in sorted(feedback, key=lambda r: r["ts"]):
-        if row["name"] in metrics and row.get("value") is not None:
-            values[row["name"]][row["inference_id"]] = float(row["value"])
-    return values
-
-
-def _variant_figures(
-    rows: list[dict[str, Any]],
-    metrics: dict[str, MetricSpec],
-    values: dict[str, dict[str, float]],
-) -> tuple[dict[str, Any], dict[str, list[float]]]:
-    ok = [r for r in rows if r["status"] == "ok"]
-    latencies = [float(r["latency_ms"]) for r in ok if r.get("latency_ms") is not None]
-    errors = [0.0 if r["status"] == "ok" else 1.0 for r in rows]
-    sample: dict[str, list[float]] = {"error_rate": errors, "latency_ms": latencies}
-    figures: dict[str, Any] = {
-        "n": len(rows),
-        "errors": int(sum(errors)),
-        "error_rate": wilson(int(sum(errors)), len(rows)).as_dict(),
-        "latency_ms": {"p50": percentile(latencies, 0.5), "p95": percentile(latencies, 0.95)},
-        "prompt_tokens": mean_present(r.get("prompt_tokens") for r in ok),
-        "completion_tokens": mean_present(r.get("completion_tokens") for r in ok),
-        "cost": mean_present(r.get("cost") for r in ok),
-        "metrics": {},
-    }
-    for name, metric in metrics.items():
-        observed = [values[name][r["id"]] for r in rows if r["id"] in values.get(name, {})]
-        sample[name] = observed
-        if metric.type == "boolean":
-            figures["metrics"][name] = wilson(int(sum(observed)), len(observed)).as_dict()
-        else:
-            figures["metrics"][name] = mean_interval(observed).as_dict()
-    return figures, sample
-
-
-def mean_present(values: Any) -> float | None:
-    """The mean of the values that are not None; None when there are none."""
-    present = [float(v) for v in values if v is not None]
-    return sum(present) / len(present) if present else None
-
-
-def _comparisons(
-    control: str,
-    spec: RouteSpec,
-    experiment: ExperimentSpec,
-    samples: dict[str, dict[str, list[float]]],
-) -> list[dict[str, Any]]:
-    kinds: dict[str, tuple[str, bool]] = {
-        name: (m.type, m.higher_is_better) for name, m in experiment.metrics.items()
-    }
-    kinds["error_rate"] = ("boolean", False)
-    kinds["latency_ms"] = ("float", False)
-    out = []
-    for name in spec.variants:
-        if name == control:
-            continue
-        for metric, (kind, higher_is_better) in kinds.items():
-            a, b = samples[control][metric], samples[name][metric]
-            if kind == "boolean":
-                result = two_proportion(int(sum(a)), len(a), int(sum(b)), len(b))
-                test = "two-proportion z-test"
-            else:
-                result = welch(a, b)
-                test = "Welch's t-test"
-            entry: dict[str, Any] = {
-                "variant": name,
-                "against": control,
-                "metric": metric,
-                "test": test,
-                "n": [len(a), len(b)],
-                "higher_is_better": higher_is_better,
-                "difference": None,
-                "ci95": [None, None],
-                "p_value": None,
-            }
-            if result is not None:
-                diff, low, high, p_value = result
-                entry.update(difference=diff, ci95=[low, high], p_value=p_value)
-            out.append(entry)
-    return out
-
-
-def _verdict(
-    control: str,
-    experiment: ExperimentSpec,
-    variants: dict[str, dict[str, Any]],
-    comparisons: list[dict[str, Any]],
-    srm: dict[str, Any] | None,
-    promoted: str | None,
-) -> str:
-    if promoted:
-        return f"'{promoted}' was promoted: it gets all traffic."
-    if srm and srm["mismatch"]:
-        return (
-            f"Sample ratio mismatch (p = {srm['p_value']:.2g}): the observed split does not match "
-            "the weights, so the comparison cannot be trusted until the cause is found."
-        )
-    primary = next(iter(experiment.metrics), "error_rate")
-    short = [
-        (name, figures["metrics"][primary]["n"] if primary in figures["metrics"] else figures["n"])
-        for name, figures in variants.items()
-    ]
-    missing = [(n, c) for n, c in short if c < experiment.min_samples]
-    if missing:
-        needs = ", ".join(f"'{n}' has {c}" for n, c in missing)
-        return (
-            f"Not enough data yet for '{primary}': {needs} of the {experiment.min_samples} "
-            "samples per variant set as the minimum. Keep the experiment running."
-        )
-    lines = []
-    for entry in (c for c in comparisons if c["metric"] == primary):
-        if entry["p_value"] is None:
-            continue
-        low, high = entry["ci95"]
-        span = (
-            f"{entry['difference']:+.4g} (95% CI {low:+.4g} to {high:+.4g}, "
-            f"p = {entry['p_value']:.3g})"
-        )
-        if entry["p_value"] < experiment.alpha:
-            better = (entry["difference"] > 0) == entry["higher_is_better"]
-            winner, loser = (entry["variant"], control) if better else (control, entry["variant"])
-            lines.append(f"'{winner}' beats '{loser}' on {primary}: {span}.")
-        else:
-            lines.append(
-                f"No significant difference between '{entry['variant']}' and '{control}' on "
-                f"{primary}: {span}; the interval includes zero."
-            )
-    return " ".join(lines) or f"No comparable data for '{primary}' yet."

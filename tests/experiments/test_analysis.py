@@ -9,7 +9,7 @@ import pytest
 from scipy import stats
 
 from gateway.config.loader import parse_config
-from gateway.experiments.analysis import analyse, two_proportion, welch, wilson
+from gateway.experiments.analysis import analyse, wilson
 
 CONFIG = """
 models: {m: {engine: vllm, urls: ["http://127.0.0.1:9"]}}
