@@ -67,7 +67,7 @@ test-fast: install system-deps
 lint: install
 	$(BIN)/ruff check gateway tests bench
 	$(BIN)/ruff format --check gateway tests bench
-	$(BIN)/mypy
+	$(BIN)/mypy  # gateway, tests and bench (pyproject.toml)
 
 # Switchboard against the LiteLLM proxy on the same upstream double (bench/README.md): 10 to
 # 11 minutes; BENCH_ARGS=--quick for about 3. LiteLLM gets its own virtualenv, so its pins can

@@ -18,7 +18,7 @@ import pytest
 
 from gateway.engines.packaged import prepare_model
 from gateway.settings import Settings
-from tests.support.apps import AppFactory, app_factory
+from tests.support.apps import InProcessGateway
 from tests.support.postgres import PostgresServer, start_postgres
 from tests.support.servers import GatewayProcess, spawn_gateway, stop_gateway, wait_ready
 
@@ -80,6 +80,6 @@ def postgres() -> Iterator[PostgresServer]:
 
 
 @pytest.fixture
-def gateway(tmp_path: Path) -> AppFactory:
+def gateway(tmp_path: Path) -> InProcessGateway:
     """An in-process gateway around scripted engines (fast tests)."""
-    return app_factory(tmp_path)
+    return InProcessGateway(tmp_path)

@@ -14,7 +14,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 import uvicorn
 from typer.testing import CliRunner
@@ -91,16 +90,12 @@ def engines(data: EvalData) -> dict[str, Scripted]:
     return {"m1": Scripted("m1", gold), "m2": Scripted("m2")}
 
 
-def state_of(raw: httpx.AsyncClient) -> Any:
-    return raw._transport.app.state.gateway  # type: ignore[attr-defined]
-
-
 async def test_paired_run_by_the_live_path_logs_offline_events(
     gateway: Any, data: EvalData, tmp_path: Path
 ) -> None:
     fakes = engines(data)
     async with gateway(fakes, CONFIG) as (_client, raw):
-        state = state_of(raw)
+        state = gateway.state
         backend = InProcessBackend(state)
         available = await backend.variants("qa")
         assert set(available) == {"oracle", "always_a"}
@@ -167,8 +162,8 @@ async def test_interrupted_run_resumes_where_it_stopped(
     fakes = engines(data)
     fakes["m1"].allow = 2  # oracle answers two items, then hangs until interrupted
     out = tmp_path / "out"
-    async with gateway(fakes, CONFIG) as (_client, raw):
-        state = state_of(raw)
+    async with gateway(fakes, CONFIG) as (_client, _raw):
+        state = gateway.state
         backend = InProcessBackend(state)
         available = await backend.variants("qa")
         plan = plan_run(
@@ -232,8 +227,8 @@ async def test_failed_calls_are_errors_and_are_retried(
 ) -> None:
     fakes = engines(data)
     fakes["m2"].fail_with = EngineUnavailableError("engine down")
-    async with gateway(fakes, CONFIG) as (_client, raw):
-        backend = InProcessBackend(state_of(raw))
+    async with gateway(fakes, CONFIG) as (_client, _raw):
+        backend = InProcessBackend(gateway.state)
         available = await backend.variants("qa")
         plan = plan_run(
             tmp_path / "o",
@@ -278,7 +273,7 @@ async def test_http_backend_matches_in_process(
         assert await run(plan, backend) == 4
         records = load_results(plan.out, "oracle")
         assert all(r["correct"] and r["cost"] == 7.0 for r in records.values())
-        state = state_of(raw)
+        state = gateway.state
         await state.events.flush()
         scores = state.events.store.feedback("qa")
         assert len(scores) == 4 and all(s["value"] == 1.0 for s in scores)
@@ -314,8 +309,8 @@ async def test_http_backend_matches_in_process(
 async def test_a_resumed_run_must_be_the_same_evaluation(
     gateway: Any, data: EvalData, tmp_path: Path
 ) -> None:
-    async with gateway(engines(data), CONFIG) as (_client, raw):
-        backend = InProcessBackend(state_of(raw))
+    async with gateway(engines(data), CONFIG) as (_client, _raw):
+        backend = InProcessBackend(gateway.state)
         available = await backend.variants("qa")
 
         def plan(**change: Any) -> Any:

@@ -13,12 +13,15 @@ from gateway.app import create_app
 from gateway.config.loader import parse_config
 from gateway.engines.supervisor import free_port
 from gateway.settings import Settings
+from gateway.state import GatewayState
 
 pytestmark = pytest.mark.slow
 
 
 @pytest.fixture
-async def gateway_on_vllm(vllm_url: str, tmp_path: Path) -> AsyncIterator[httpx.AsyncClient]:
+async def gateway_on_vllm(
+    vllm_url: str, tmp_path: Path
+) -> AsyncIterator[tuple[httpx.AsyncClient, GatewayState]]:
     config = f"""
 models:
   base: {{engine: vllm, urls: ["{vllm_url}"], upstream_model: smollm2,
@@ -43,11 +46,13 @@ routes:
     async with app.router.lifespan_context(app):
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://gw") as raw:
-            yield raw
+            yield raw, app.state.gateway
 
 
-async def test_users_split_feedback_and_report(gateway_on_vllm: httpx.AsyncClient) -> None:
-    raw = gateway_on_vllm
+async def test_users_split_feedback_and_report(
+    gateway_on_vllm: tuple[httpx.AsyncClient, GatewayState],
+) -> None:
+    raw, _state = gateway_on_vllm
     client = openai.AsyncOpenAI(base_url="http://gw/v1", api_key="-", http_client=raw)
     variants: dict[str, str] = {}
     for i in range(16):
@@ -86,9 +91,9 @@ async def test_users_split_feedback_and_report(gateway_on_vllm: httpx.AsyncClien
 
 
 async def test_streaming_through_a_route_is_logged_with_usage(
-    gateway_on_vllm: httpx.AsyncClient,
+    gateway_on_vllm: tuple[httpx.AsyncClient, GatewayState],
 ) -> None:
-    raw = gateway_on_vllm
+    raw, state = gateway_on_vllm
     body = {
         "model": "colours",
         "messages": [{"role": "user", "content": "Hi"}],
@@ -101,7 +106,6 @@ async def test_streaming_through_a_route_is_logged_with_usage(
         inference = resp.headers["x-switchboard-inference-id"]
         text = "".join([chunk async for chunk in resp.aiter_text()])
     assert text.rstrip().endswith("data: [DONE]")
-    state = raw._transport.app.state.gateway  # type: ignore[attr-defined]
     await state.events.flush()
     row = state.events.store.get_event(inference)
     assert row is not None and row["status"] == "ok" and row["stream"] is True
@@ -110,9 +114,9 @@ async def test_streaming_through_a_route_is_logged_with_usage(
 
 
 async def test_fallback_from_a_dead_engine_to_the_real_one(
-    gateway_on_vllm: httpx.AsyncClient,
+    gateway_on_vllm: tuple[httpx.AsyncClient, GatewayState],
 ) -> None:
-    raw = gateway_on_vllm
+    raw, state = gateway_on_vllm
     body = {"model": "resilient", "messages": [{"role": "user", "content": "Hi"}]}
     resp = await raw.post("/v1/chat/completions", json=body)
     assert resp.status_code == 200
@@ -125,7 +129,6 @@ async def test_fallback_from_a_dead_engine_to_the_real_one(
         "/v1/chat/completions", json=body, headers={"x-switchboard-variant": "down"}
     )
     assert pinned.status_code == 503 and pinned.headers["retry-after"]
-    state = raw._transport.app.state.gateway  # type: ignore[attr-defined]
     await state.events.flush()
     rows = state.events.store.events("resilient")
     down = [r for r in rows if r["variant"] == "down"]

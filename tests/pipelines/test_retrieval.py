@@ -10,14 +10,16 @@ from hypothesis import strategies as st
 from gateway.pipelines.retrieval import (
     BruteForceIndex,
     SentenceTransformerEmbedder,
+    Vectors,
     nearest,
     question_key,
 )
 
 
-def _unit_rows(seed: int, n: int, dim: int) -> np.ndarray:
+def _unit_rows(seed: int, n: int, dim: int) -> Vectors:
     rows = np.random.default_rng(seed).standard_normal((n, dim)).astype(np.float32)
-    return rows / np.linalg.norm(rows, axis=1, keepdims=True)
+    unit: Vectors = rows / np.linalg.norm(rows, axis=1, keepdims=True)
+    return unit
 
 
 @settings(max_examples=60, deadline=None)
@@ -57,7 +59,7 @@ def test_nearest_never_returns_the_query_itself(seed: int, n: int, k: int) -> No
 def test_an_exact_duplicate_by_text_is_excluded_even_if_its_vector_differs() -> None:
     vectors = _unit_rows(7, 5, 8)
     keys = [question_key(t) for t in ["What is  X?", "b", "c", "d", "e"]]
-    query = vectors[0:1] * 0.9 + vectors[1:2] * 0.1
+    query: Vectors = vectors[0:1] * 0.9 + vectors[1:2] * 0.1
     query /= np.linalg.norm(query)
     hits = nearest(
         BruteForceIndex(vectors), query, 3, keys=keys, query_key=question_key("what is x?")

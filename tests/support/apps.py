@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
-from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 import httpx
 import openai
+from fastapi import FastAPI
 
 from gateway.app import create_app
 from gateway.config.loader import parse_config
 from gateway.engines.base import Engine
 from gateway.settings import Settings
+from gateway.state import GatewayState
 from tests.support.fakes import FakeEngine
 
 CONFIG = """
@@ -22,25 +24,44 @@ models:
 """
 
 Clients = tuple[openai.AsyncOpenAI, httpx.AsyncClient]
-AppFactory = Callable[..., AbstractAsyncContextManager[Clients]]
 
 
-def app_factory(tmp_path: Path) -> AppFactory:
-    """Build the app around given engines; yield an openai client and a raw httpx client."""
+class InProcessGateway:
+    """Builds the app around given engines; ``state`` is what its lifespan built.
+
+    ``async with gateway(engines, config) as (client, raw)`` yields an openai client and a raw
+    httpx client on the in-process app (no sockets).
+    """
+
+    def __init__(self, tmp_path: Path) -> None:
+        self.home = tmp_path / "home"
+        self._app: FastAPI | None = None
+
+    @property
+    def state(self) -> GatewayState:
+        assert self._app is not None, "read the state inside `async with gateway(...)`"
+        state: GatewayState = self._app.state.gateway
+        return state
 
     @asynccontextmanager
-    async def make(
-        engines: dict[str, Engine] | None = None, config: str = CONFIG
-    ) -> AsyncIterator[tuple[openai.AsyncOpenAI, httpx.AsyncClient]]:
+    async def __call__(
+        self, engines: dict[str, Engine] | None = None, config: str = CONFIG
+    ) -> AsyncIterator[Clients]:
         engines = engines if engines is not None else {"fake": FakeEngine()}
-        settings = Settings(home=tmp_path / "home")
-        app = create_app(parse_config(config, "test.yaml"), settings, engines=engines)
+        app = create_app(
+            parse_config(config, "test.yaml"), Settings(home=self.home), engines=engines
+        )
         async with app.router.lifespan_context(app):
+            self._app = app
             transport = httpx.ASGITransport(app=app)
-            async with httpx.AsyncClient(transport=transport, base_url="http://gw") as raw:
-                client = openai.AsyncOpenAI(
-                    base_url="http://gw/v1", api_key="unused", http_client=raw, max_retries=0
-                )
-                yield client, raw
+            try:
+                async with httpx.AsyncClient(transport=transport, base_url="http://gw") as raw:
+                    client = openai.AsyncOpenAI(
+                        base_url="http://gw/v1", api_key="unused", http_client=raw, max_retries=0
+                    )
+                    yield client, raw
+            finally:
+                self._app = None
 
-    return make
+
+AppFactory = InProcessGateway
