@@ -80,7 +80,7 @@ async def evaluation_score(
             param="inference_id",
             code="inference_not_found",
         )
-    if event.get("source") != "offline" or event.get("run_id") != body.run_id:
+    if event.source != "offline" or event.run_id != body.run_id:
         raise InvalidRequestError(
             f"Inference '{body.inference_id}' is not an offline call of run '{body.run_id}'.",
             param="inference_id",

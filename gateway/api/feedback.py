@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import time
-import uuid
-from typing import Annotated, Any
+from typing import Annotated
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse
@@ -12,6 +10,7 @@ from fastapi.responses import JSONResponse
 from gateway.api.bodies import AUTH_ERRORS, error_responses, json_body, read_model
 from gateway.api.deps import get_state
 from gateway.errors import InvalidRequestError, NotFoundError
+from gateway.events.schema import FeedbackRow, InferenceEvent
 from gateway.protocol import Feedback, FeedbackRequest
 from gateway.state import GatewayState
 
@@ -40,41 +39,39 @@ async def create_feedback(
             code="inference_not_found",
         )
     value = _checked_value(state, event, feedback)
-    row: dict[str, Any] = {
-        "id": f"fb-{uuid.uuid4().hex}",
-        "inference_id": feedback.inference_id,
-        "name": feedback.name,
-        "kind": feedback.kind,
-        "ts": time.time(),
-        "value": value,
-        "text": feedback.value if feedback.kind == "comment" else None,
-    }
+    row = FeedbackRow.new(
+        inference_id=feedback.inference_id,
+        name=feedback.name,
+        kind=feedback.kind,
+        value=value,
+        text=feedback.value if isinstance(feedback.value, str) else None,
+    )
     await state.events.add_feedback(row)
     body = Feedback(
-        id=row["id"],
+        id=row.id,
         inference_id=feedback.inference_id,
         name=feedback.name,
         value=feedback.value,
-        created=int(row["ts"]),
+        created=int(row.ts),
     )
     return JSONResponse(body.model_dump(), status_code=201)
 
 
 def _checked_value(
-    state: GatewayState, event: dict[str, Any], feedback: FeedbackRequest
+    state: GatewayState, event: InferenceEvent, feedback: FeedbackRequest
 ) -> float | None:
     """The numeric value to store, after checking the name and type against the route."""
     if feedback.name == COMMENT:
         if feedback.kind != "comment":
             raise InvalidRequestError("'comment' feedback takes a string value.", param="value")
         return None
-    route = state.config.routes.get(event.get("route") or "")
+    route = state.config.routes.get(event.route or "")
     metrics = route.experiment.metrics if route and route.experiment else {}
     metric = metrics.get(feedback.name)
     if metric is None:
         declared = ", ".join(metrics) or "none"
         raise InvalidRequestError(
-            f"'{feedback.name}' is not a metric of route '{event.get('route')}' "
+            f"'{feedback.name}' is not a metric of route '{event.route}' "
             f"(declared: {declared}; 'comment' takes free text).",
             param="name",
         )

@@ -9,7 +9,6 @@ backend, so the two modes produce the same records.
 from __future__ import annotations
 
 import time
-import uuid
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal, Protocol
 
@@ -19,6 +18,7 @@ from gateway.admission.limits import check_limits, validate_request
 from gateway.config.schema import RouteSpec
 from gateway.errors import GatewayError, NotFoundError
 from gateway.events.log import EventLog
+from gateway.events.schema import FeedbackRow
 from gateway.experiments.analysis import OFFLINE_METRIC
 from gateway.pipelines.responses import content_of
 from gateway.state import GatewayState
@@ -128,30 +128,28 @@ async def call_variant(
         )
     return Outcome(
         "ok",
-        inference_id=str(event["id"]),
+        inference_id=event.id,
         reply=content_of(result.response)[:MAX_REPLY_CHARS],
         answer=result.answer,
         votes=dict(result.votes) or None,
-        calls=event.get("calls"),
-        prompt_tokens=event.get("prompt_tokens"),
-        completion_tokens=event.get("completion_tokens"),
-        latency_ms=event.get("latency_ms"),
-        cost=event.get("cost"),
+        calls=event.calls,
+        prompt_tokens=event.prompt_tokens,
+        completion_tokens=event.completion_tokens,
+        latency_ms=event.latency_ms,
+        cost=event.cost,
     )
 
 
 async def record_score(events: EventLog, inference_id: str, correct: bool) -> None:
     """The score as feedback on the offline event, so the event log's report can show it."""
     await events.add_feedback(
-        {
-            "id": f"fb-{uuid.uuid4().hex}",
-            "inference_id": inference_id,
-            "name": OFFLINE_METRIC,
-            "kind": "boolean",
-            "value": float(correct),
-            "text": None,
-            "ts": time.time(),
-        }
+        FeedbackRow.new(
+            inference_id=inference_id,
+            name=OFFLINE_METRIC,
+            kind="boolean",
+            value=float(correct),
+            text=None,
+        )
     )
 
 

@@ -26,8 +26,9 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Generic, TypeVar
 
+from gateway.events.schema import FeedbackRow, InferenceEvent, as_dict, from_dict
 from gateway.events.stores import Store, StoreDataError, StoreError
 
 log = logging.getLogger(__name__)
@@ -35,7 +36,7 @@ log = logging.getLogger(__name__)
 SPOOL_NAME = "spool.jsonl"
 QUARANTINE_NAME = "quarantine.jsonl"
 #: put on the queue by ``flush``: the writer writes the batch in hand at once
-_WAKE: dict[str, Any] = {"id": "flush"}
+_WAKE = InferenceEvent(id="flush", ts=0.0, status="flush")
 
 
 @dataclass
@@ -49,17 +50,22 @@ class EventLogStats:
     quarantined: int = 0
 
 
-Row = dict[str, Any]
+Row = TypeVar("Row", InferenceEvent, FeedbackRow)
+#: a row as the spool and the quarantine file hold it (a JSON object)
+Line = dict[str, Any]
 
 
 @dataclass
-class _Stored:
+class _Stored(Generic[Row]):
     """What writing some rows came to: written, refused as data, or left by an outage."""
 
     written: int = 0
     refused: list[tuple[Row, StoreDataError]] = field(default_factory=list)
     outage: StoreError | None = None
     unwritten: list[Row] = field(default_factory=list)
+
+    def refused_lines(self) -> list[tuple[Line, StoreDataError]]:
+        return [(as_dict(row), exc) for row, exc in self.refused]
 
 
 class EventLog:
@@ -81,9 +87,9 @@ class EventLog:
         self.flush_interval_s = flush_interval_s
         self.replay_interval_s = replay_interval_s
         self.stats = EventLogStats()
-        self._queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue(maxsize=max_queue)
+        self._queue: asyncio.Queue[InferenceEvent] = asyncio.Queue(maxsize=max_queue)
         # Events accepted but not yet in the store, so feedback can find them meanwhile.
-        self._pending: dict[str, dict[str, Any]] = {}
+        self._pending: dict[str, InferenceEvent] = {}
         self._tasks: list[asyncio.Task[None]] = []
         self._spool_lock = asyncio.Lock()
         self._quarantine_lock = asyncio.Lock()
@@ -131,24 +137,24 @@ class EventLog:
 
     # -- writing --------------------------------------------------------------------------------
 
-    def record(self, event: dict[str, Any]) -> None:
+    def record(self, event: InferenceEvent) -> None:
         """Queue one event; never blocks. A full queue drops the event and counts it."""
         try:
             self._queue.put_nowait(event)
         except asyncio.QueueFull:
             self.stats.dropped += 1
-            log.error("event log queue full: dropped event %s", event.get("id"))
+            log.error("event log queue full: dropped event %s", event.id)
             return
-        self._pending[event["id"]] = event
+        self._pending[event.id] = event
         self.stats.queue_depth = self._queue.qsize()
 
-    async def record_durable(self, event: dict[str, Any]) -> None:
+    async def record_durable(self, event: InferenceEvent) -> None:
         """Commit one event before returning (to the store, or to the spool if it is down)."""
-        await self._write("event", [event])
+        await self._write("event", self.store.write_events, [event])
 
-    async def add_feedback(self, row: dict[str, Any]) -> None:
+    async def add_feedback(self, row: FeedbackRow) -> None:
         """Feedback is always written durably: it is rare and a client waits for its 201."""
-        await self._write("feedback", [row])
+        await self._write("feedback", self.store.write_feedback, [row])
 
     async def flush(self) -> None:
         """Return once every queued event is written (or spooled), without waiting out a batch."""
@@ -156,7 +162,7 @@ class EventLog:
             self._queue.put_nowait(_WAKE)
         await self._queue.join()
 
-    async def get_event(self, inference_id: str) -> dict[str, Any] | None:
+    async def get_event(self, inference_id: str) -> InferenceEvent | None:
         pending = self._pending.get(inference_id)
         if pending is not None:
             return pending
@@ -164,16 +170,20 @@ class EventLog:
             found = await asyncio.to_thread(self.store.get_event, inference_id)
         except StoreError:
             found = None
+        if found is not None:
+            return from_dict(InferenceEvent, found)
         # Not in the database: it may be spooled, also while the database can be read but not
         # written (locked, full, read-only).
-        return found if found is not None else self._find_in_spool(inference_id)
+        return self._find_in_spool(inference_id)
 
-    async def _write(self, kind: str, rows: list[Row]) -> None:
+    async def _write(
+        self, kind: str, write: Callable[[Sequence[Row]], None], rows: list[Row]
+    ) -> None:
         """Write rows to the store; spool what an outage leaves, quarantine what it refuses."""
-        stored = await self._store(kind, rows)
+        stored = await self._store(write, rows)
         if kind == "event":
             self.stats.written += stored.written
-        await self._quarantine(kind, stored.refused)
+        await self._quarantine(kind, stored.refused_lines())
         if stored.outage is not None:
             log.warning(
                 "event store unavailable (%s); spooling %d %s rows",
@@ -183,13 +193,10 @@ class EventLog:
             )
             await self._spool(kind, stored.unwritten)
 
-    async def _store(self, kind: str, rows: list[Row]) -> _Stored:
+    async def _store(self, write: Callable[[Sequence[Row]], None], rows: list[Row]) -> _Stored[Row]:
         """Write ``rows``; a batch refused as data is written again row by row, to find the
         rows at fault. Nothing raises: an outage is reported with the rows it left unwritten."""
-        write: Callable[[Sequence[Row]], None] = (
-            self.store.write_events if kind == "event" else self.store.write_feedback
-        )
-        stored = _Stored()
+        stored: _Stored[Row] = _Stored()
         try:
             await asyncio.to_thread(write, rows)
         except StoreDataError as exc:
@@ -236,13 +243,13 @@ class EventLog:
                     batch.append(item)
             try:
                 if batch:
-                    await self._write("event", batch)
+                    await self._write("event", self.store.write_events, batch)
             except Exception:  # a store bug must not stop the writer: keep the rows
                 log.exception("writing %d events failed; spooling them", len(batch))
                 await self._spool_or_drop(batch)
             finally:
                 for event in batch:
-                    self._pending.pop(event["id"], None)
+                    self._pending.pop(event.id, None)
                     self._queue.task_done()
                 if woken:
                     self._queue.task_done()
@@ -250,23 +257,25 @@ class EventLog:
 
     # -- spool and replay -----------------------------------------------------------------------
 
-    async def _spool(self, kind: str, rows: list[Row]) -> None:
+    async def _spool(self, kind: str, rows: Sequence[InferenceEvent | FeedbackRow]) -> None:
         if not rows:
             return
-        lines = "".join(json.dumps({"kind": kind, "row": r}, default=str) + "\n" for r in rows)
+        lines = "".join(
+            json.dumps({"kind": kind, "row": as_dict(r)}, default=str) + "\n" for r in rows
+        )
         async with self._spool_lock:
             await asyncio.to_thread(_append_synced, self.spool_path, lines)
         if kind == "event":
             self.stats.spooled += len(rows)
 
-    async def _spool_or_drop(self, rows: list[Row]) -> None:
+    async def _spool_or_drop(self, rows: list[InferenceEvent]) -> None:
         try:
             await self._spool("event", rows)
         except (OSError, ValueError) as exc:  # the spool's disk fails too: nothing can keep them
             self.stats.dropped += len(rows)
             log.error("cannot spool %d events (%s); dropped", len(rows), exc)
 
-    async def _quarantine(self, kind: str, refused: list[tuple[Row, StoreDataError]]) -> None:
+    async def _quarantine(self, kind: str, refused: list[tuple[Line, StoreDataError]]) -> None:
         """Set rows the store refused as data aside, fsynced, so they block nothing."""
         if not refused:
             return
@@ -297,38 +306,53 @@ class EventLog:
             if not self.spool_path.exists():
                 return 0
             lines = (await asyncio.to_thread(self.spool_path.read_text)).splitlines()
-            spooled: dict[str, list[Row]] = {"event": [], "feedback": []}
-            unreadable: list[tuple[Row, StoreDataError]] = []
+            events: list[InferenceEvent] = []
+            feedback: list[FeedbackRow] = []
+            unreadable: list[tuple[Line, StoreDataError]] = []
             for line in filter(None, lines):
-                kind, row = _spool_entry(line)
-                if kind in spooled and row is not None:
-                    spooled[kind].append(row)
+                row = _spool_entry(line)
+                if isinstance(row, InferenceEvent):
+                    events.append(row)
+                elif isinstance(row, FeedbackRow):
+                    feedback.append(row)
                 else:
                     unreadable.append(({"line": line}, StoreDataError("unreadable spool line")))
             # Events first: feedback rows refer to them.
-            results: list[tuple[str, _Stored]] = []
-            for kind, rows in spooled.items():
-                for start in range(0, len(rows), self.batch_size):
-                    stored = await self._store(kind, rows[start : start + self.batch_size])
-                    if stored.outage is not None:
-                        log.info("spool replay postponed: %s", stored.outage)
-                        return 0
-                    results.append((kind, stored))
+            stored_events = await self._replay_rows(self.store.write_events, events)
+            if stored_events is None:
+                return 0
+            stored_feedback = await self._replay_rows(self.store.write_feedback, feedback)
+            if stored_feedback is None:
+                return 0
             await self._quarantine("spool", unreadable)
-            for kind, stored in results:
-                await self._quarantine(kind, stored.refused)
+            await self._quarantine("event", stored_events.refused_lines())
+            await self._quarantine("feedback", stored_feedback.refused_lines())
             # Only now: a crash before this line replays again, and inserts ignore duplicates
             # (a row quarantined just before such a crash is quarantined twice, never lost).
             self.spool_path.unlink()
-        replayed = sum(stored.written for kind, stored in results if kind == "event")
+        replayed = stored_events.written
         self.stats.replayed += replayed
         self.stats.written += replayed
         log.info(
             "replayed %d events and %d feedback rows from the spool",
             replayed,
-            sum(stored.written for kind, stored in results if kind == "feedback"),
+            stored_feedback.written,
         )
         return replayed
+
+    async def _replay_rows(
+        self, write: Callable[[Sequence[Row]], None], rows: list[Row]
+    ) -> _Stored[Row] | None:
+        """Write spooled rows in batches; ``None`` when an outage postpones the replay."""
+        total: _Stored[Row] = _Stored()
+        for start in range(0, len(rows), self.batch_size):
+            stored = await self._store(write, rows[start : start + self.batch_size])
+            if stored.outage is not None:
+                log.info("spool replay postponed: %s", stored.outage)
+                return None
+            total.written += stored.written
+            total.refused += stored.refused
+        return total
 
     async def _replayer(self) -> None:
         while True:
@@ -338,26 +362,33 @@ class EventLog:
             except Exception:  # the replayer must survive anything a bad spool line throws
                 log.exception("spool replay failed")
 
-    def _find_in_spool(self, inference_id: str) -> dict[str, Any] | None:
+    def _find_in_spool(self, inference_id: str) -> InferenceEvent | None:
         if not self.spool_path.exists():
             return None
         for line in self.spool_path.read_text().splitlines():
-            kind, row = _spool_entry(line)
-            if kind == "event" and row is not None and row.get("id") == inference_id:
+            row = _spool_entry(line)
+            if isinstance(row, InferenceEvent) and row.id == inference_id:
                 return row
         return None
 
 
-def _spool_entry(line: str) -> tuple[str | None, Row | None]:
-    """A spool line's kind and row; (None, None) for a line that cannot be read."""
+def _spool_entry(line: str) -> InferenceEvent | FeedbackRow | None:
+    """A spool line's row; None for a line that cannot be read (torn, or not a row)."""
     try:
         entry = json.loads(line)
     except ValueError:
-        return None, None
+        return None
     if not isinstance(entry, dict) or not isinstance(entry.get("row"), dict):
-        return None, None
+        return None
     kind, row = entry.get("kind"), entry["row"]
-    return (kind if isinstance(kind, str) else None), row
+    try:
+        if kind == "event":
+            return from_dict(InferenceEvent, row)
+        if kind == "feedback":
+            return from_dict(FeedbackRow, row)
+    except TypeError:  # a required column is missing
+        return None
+    return None
 
 
 def _append_synced(path: Path, text: str) -> None:

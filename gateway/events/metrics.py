@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 from gateway.events.log import EventLog
+from gateway.events.schema import InferenceEvent
 
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
 _TOKEN_BUCKETS = (1, 8, 32, 128, 512, 1024, 2048, 4096, 8192, 32768)
@@ -74,23 +73,22 @@ class Metrics:
             ):
                 Gauge(name, doc, registry=self.registry).set_function(read)
 
-    def observe(self, event: dict[str, Any]) -> None:
-        if event.get("source") == "offline":
+    def observe(self, event: InferenceEvent) -> None:
+        if event.source == "offline":
             return  # evaluation runs are in the event log, not in the live traffic's metrics
-        route, variant = event.get("route") or "", event.get("variant") or ""
-        shadow = "true" if event.get("shadow") else "false"
-        self.requests.labels(route, variant, event["status"], shadow).inc()
-        if event["status"] != "ok":
+        route, variant = event.route or "", event.variant or ""
+        shadow = "true" if event.shadow else "false"
+        self.requests.labels(route, variant, event.status, shadow).inc()
+        if event.status != "ok":
             return
-        if event.get("latency_ms") is not None:
-            self.latency.labels(route, variant).observe(event["latency_ms"] / 1000)
-        if event.get("ttft_ms") is not None:
-            self.ttft.labels(route, variant).observe(event["ttft_ms"] / 1000)
-        for kind in ("prompt_tokens", "completion_tokens"):
-            if event.get(kind) is not None:
-                self.tokens.labels(route, variant, kind.removesuffix("_tokens")).observe(
-                    event[kind]
-                )
+        if event.latency_ms is not None:
+            self.latency.labels(route, variant).observe(event.latency_ms / 1000)
+        if event.ttft_ms is not None:
+            self.ttft.labels(route, variant).observe(event.ttft_ms / 1000)
+        if event.prompt_tokens is not None:
+            self.tokens.labels(route, variant, "prompt").observe(event.prompt_tokens)
+        if event.completion_tokens is not None:
+            self.tokens.labels(route, variant, "completion").observe(event.completion_tokens)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -22,64 +22,34 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
+from gateway.events.schema import (
+    FeedbackRow,
+    InferenceEvent,
+    column_types,
+    columns,
+    flag_columns,
+    values_getter,
+)
+
 log = logging.getLogger(__name__)
 
-EVENT_COLUMNS: tuple[str, ...] = (
-    "id",
-    "ts",
-    "route",
-    "variant",
-    "assignment",
-    "model",
-    "adapter",
-    "pipeline",
-    "key_hash",
-    "shadow",
-    "attempt",
-    "fallback_from",
-    "stream",
-    "status",
-    "http_status",
-    "error_code",
-    "error_message",
-    "latency_ms",
-    "ttft_ms",
-    "prompt_tokens",
-    "completion_tokens",
-    "calls",
-    "cost",
-    "answer",
-    "votes",
-    "source",
-    "run_id",
-)
-FEEDBACK_COLUMNS: tuple[str, ...] = ("id", "inference_id", "name", "kind", "value", "text", "ts")
+EVENT_COLUMNS = columns(InferenceEvent)
+FEEDBACK_COLUMNS = columns(FeedbackRow)
 
-_TYPES = {
-    "ts": "DOUBLE PRECISION NOT NULL",
-    "shadow": "INTEGER NOT NULL DEFAULT 0",
-    "attempt": "INTEGER",
-    "stream": "INTEGER",
-    "http_status": "INTEGER",
-    "latency_ms": "DOUBLE PRECISION",
-    "ttft_ms": "DOUBLE PRECISION",
-    "prompt_tokens": "INTEGER",
-    "completion_tokens": "INTEGER",
-    "calls": "INTEGER",
-    "cost": "DOUBLE PRECISION",
-    "status": "TEXT NOT NULL",
-}
-SCHEMA = [
-    "CREATE TABLE IF NOT EXISTS inference_events ("
-    + ", ".join(
-        "id TEXT PRIMARY KEY" if c == "id" else f"{c} {_TYPES.get(c, 'TEXT')}"
-        for c in EVENT_COLUMNS
+
+def _table(name: str, row_type: type[InferenceEvent | FeedbackRow]) -> str:
+    typed = column_types(row_type)
+    return (
+        f"CREATE TABLE IF NOT EXISTS {name} ("
+        + ", ".join(f"{c} {t}" for c, t in typed.items())
+        + ")"
     )
-    + ")",
+
+
+SCHEMA = [
+    _table("inference_events", InferenceEvent),
     "CREATE INDEX IF NOT EXISTS inference_events_route_ts ON inference_events (route, ts)",
-    "CREATE TABLE IF NOT EXISTS feedback (id TEXT PRIMARY KEY, inference_id TEXT NOT NULL, "
-    "name TEXT NOT NULL, kind TEXT NOT NULL, value DOUBLE PRECISION, text TEXT, "
-    "ts DOUBLE PRECISION NOT NULL)",
+    _table("feedback", FeedbackRow),
     "CREATE INDEX IF NOT EXISTS feedback_inference ON feedback (inference_id)",
     "CREATE TABLE IF NOT EXISTS route_overrides (route TEXT PRIMARY KEY, variant TEXT NOT NULL, "
     "ts DOUBLE PRECISION NOT NULL)",
@@ -110,8 +80,8 @@ def _sqlite_error(path: Path, exc: Exception) -> StoreError:
 class Store(Protocol):
     url: str
 
-    def write_events(self, rows: Sequence[dict[str, Any]]) -> None: ...
-    def write_feedback(self, rows: Sequence[dict[str, Any]]) -> None: ...
+    def write_events(self, rows: Sequence[InferenceEvent]) -> None: ...
+    def write_feedback(self, rows: Sequence[FeedbackRow]) -> None: ...
     def get_event(self, inference_id: str) -> dict[str, Any] | None: ...
     def events(self, route: str | None = None) -> list[dict[str, Any]]: ...
     def feedback(self, route: str | None = None) -> list[dict[str, Any]]: ...
@@ -120,16 +90,20 @@ class Store(Protocol):
     def close(self) -> None: ...
 
 
-def event_row(event: dict[str, Any]) -> tuple[Any, ...]:
+_event_values = values_getter(InferenceEvent)
+_feedback_values = values_getter(FeedbackRow)
+_VOTES = EVENT_COLUMNS.index("votes")
+_FLAGS = tuple(EVENT_COLUMNS.index(c) for c in flag_columns(InferenceEvent))
+
+
+def event_row(event: InferenceEvent) -> tuple[Any, ...]:
     """Column values in order; votes as JSON, flags as 0/1 (PostgreSQL has no bool->int cast)."""
-    values = []
-    for column in EVENT_COLUMNS:
-        value = event.get(column)
-        if column == "votes" and value is not None:
-            value = json.dumps(value)
-        elif isinstance(value, bool):
-            value = int(value)
-        values.append(value)
+    values = list(_event_values(event))
+    if values[_VOTES] is not None:
+        values[_VOTES] = json.dumps(values[_VOTES])
+    for index in _FLAGS:
+        if isinstance(values[index], bool):
+            values[index] = int(values[index])
     return tuple(values)
 
 
@@ -165,7 +139,7 @@ class _SQLStore(ABC):
             "ON CONFLICT (id) DO NOTHING"
         )
 
-    def write_events(self, rows: Sequence[dict[str, Any]]) -> None:
+    def write_events(self, rows: Sequence[InferenceEvent]) -> None:
         if rows:
             sql = self._insert_sql("inference_events", EVENT_COLUMNS)
             try:
@@ -174,10 +148,10 @@ class _SQLStore(ABC):
                 raise StoreDataError(f"an event cannot be stored: {exc}") from exc
             self._execute(sql, values)
 
-    def write_feedback(self, rows: Sequence[dict[str, Any]]) -> None:
+    def write_feedback(self, rows: Sequence[FeedbackRow]) -> None:
         if rows:
             sql = self._insert_sql("feedback", FEEDBACK_COLUMNS)
-            self._execute(sql, [tuple(r.get(c) for c in FEEDBACK_COLUMNS) for r in rows])
+            self._execute(sql, [_feedback_values(r) for r in rows])
 
     def get_event(self, inference_id: str) -> dict[str, Any] | None:
         p = self.placeholder

@@ -29,6 +29,7 @@ from schemathesis.specs.openapi.checks import (
 from gateway.admission.keys import hash_key
 from gateway.app import create_app
 from gateway.config.loader import parse_config
+from gateway.events.schema import InferenceEvent
 from gateway.events.stores import SQLiteStore
 from gateway.settings import Settings
 from tests.support.fakes import FakeEngine
@@ -114,8 +115,9 @@ def fuzz_app(
 ) -> Iterator[FastAPI]:
     home = tmp_path_factory.mktemp(f"fuzz-{request.param}")
     store = SQLiteStore(home / "events.db")
-    seeded = {"ts": 1.0, "route": "ab", "variant": "a", "status": "ok", "shadow": False}
-    store.write_events([{"id": i, **seeded} for i in SEEDED])
+    store.write_events(
+        [InferenceEvent(id=i, ts=1.0, route="ab", variant="a", status="ok") for i in SEEDED]
+    )
     store.close()
     app = build(home, keys=request.param == "keys")
     yield app

@@ -9,6 +9,7 @@ import pytest
 from typer.testing import CliRunner
 
 from gateway.cli.main import app
+from gateway.events.schema import FeedbackRow, InferenceEvent
 from gateway.events.stores import SQLiteStore
 
 CONFIG = """
@@ -31,27 +32,25 @@ def populated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
         for i in range(4):
             eid = f"{variant}{i}"
             rows.append(
-                {
-                    "id": eid,
-                    "ts": float(i),
-                    "route": "r",
-                    "variant": variant,
-                    "assignment": "sticky",
-                    "status": "ok",
-                    "latency_ms": 10.0 + i,
-                    "shadow": False,
-                    "source": "online",
-                }
+                InferenceEvent(
+                    id=eid,
+                    ts=float(i),
+                    route="r",
+                    variant=variant,
+                    assignment="sticky",
+                    status="ok",
+                    latency_ms=10.0 + i,
+                )
             )
             feedback.append(
-                {
-                    "id": f"f{eid}",
-                    "inference_id": eid,
-                    "name": "correct",
-                    "kind": "boolean",
-                    "value": float(variant == "b"),
-                    "ts": 1.0,
-                }
+                FeedbackRow(
+                    id=f"f{eid}",
+                    inference_id=eid,
+                    name="correct",
+                    kind="boolean",
+                    value=float(variant == "b"),
+                    ts=1.0,
+                )
             )
     store.write_events(rows)
     store.write_feedback(feedback)

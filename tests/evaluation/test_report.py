@@ -10,6 +10,7 @@ import pytest
 from typer.testing import CliRunner
 
 from gateway.cli.main import app
+from gateway.events.schema import FeedbackRow, InferenceEvent
 from gateway.events.stores import SQLiteStore
 
 CONFIG = """
@@ -21,30 +22,21 @@ routes:
 """
 
 
-def event(eid: str, variant: str, ts: float, **extra: Any) -> dict[str, Any]:
-    row = {
-        "id": eid,
-        "ts": ts,
+def event(eid: str, variant: str, ts: float, **extra: Any) -> InferenceEvent:
+    row: dict[str, Any] = {
         "route": "r",
         "variant": variant,
         "assignment": "sticky",
         "status": "ok",
         "latency_ms": 100.0,
-        "shadow": False,
-        "source": "online",
     }
-    return {**row, **extra}
+    return InferenceEvent(id=eid, ts=ts, **{**row, **extra})
 
 
-def score(eid: str, value: bool) -> dict[str, Any]:
-    return {
-        "id": f"f-{eid}",
-        "inference_id": eid,
-        "name": "correct",
-        "kind": "boolean",
-        "value": float(value),
-        "ts": 1.0,
-    }
+def score(eid: str, value: bool) -> FeedbackRow:
+    return FeedbackRow(
+        id=f"f-{eid}", inference_id=eid, name="correct", kind="boolean", value=float(value), ts=1.0
+    )
 
 
 @pytest.fixture

@@ -24,35 +24,23 @@ from typing import Any
 import pytest
 
 from gateway.events.log import EventLog
+from gateway.events.schema import FeedbackRow, InferenceEvent, as_dict
 from gateway.events.stores import PostgresStore, SQLiteStore, StoreDataError, StoreError
 from tests.support.postgres import PostgresServer
 
 N = 150  # more rows than the last page of a full database holds
 
 
-def event(name: str, **extra: Any) -> dict[str, Any]:
-    return {
-        "id": name,
-        "ts": 1.0,
-        "route": "r",
-        "variant": "a",
-        "status": "ok",
-        "shadow": False,
-        "votes": {"A": 1},
-        **extra,
-    }
+def event(name: str, **extra: Any) -> InferenceEvent:
+    """An event; ``extra`` may hold values the types forbid, as a poison row would."""
+    fields: dict[str, Any] = {"route": "r", "variant": "a", "status": "ok", "votes": {"A": 1}}
+    return InferenceEvent(id=name, ts=1.0, **{**fields, **extra})
 
 
-def feedback(name: str, inference_id: str) -> dict[str, Any]:
-    return {
-        "id": name,
-        "inference_id": inference_id,
-        "name": "correct",
-        "kind": "boolean",
-        "value": 1.0,
-        "text": None,
-        "ts": 2.0,
-    }
+def feedback(name: str, inference_id: str) -> FeedbackRow:
+    return FeedbackRow(
+        id=name, inference_id=inference_id, name="correct", kind="boolean", value=1.0, ts=2.0
+    )
 
 
 class Store(SQLiteStore):
@@ -147,13 +135,13 @@ async def test_no_event_is_lost_through_a_fault(tmp_path: Path, fault: str, dura
             if durable:
                 await log.record_durable(row)
                 # Durable: in the database or the spool before the call returns.
-                assert row["id"] in spooled_ids(log) or row["id"] in db_ids(store.path)
+                assert row.id in spooled_ids(log) or row.id in db_ids(store.path)
             else:
                 log.record(row)
         await log.flush()
         in_db, in_spool = set(db_ids(store.path)), set(spooled_ids(log))
         assert in_spool, "the fault made no write fail"
-        assert in_db | in_spool == {r["id"] for r in before + during}
+        assert in_db | in_spool == {r.id for r in before + during}
         assert in_db.isdisjoint(in_spool)
         assert log.stats.written + log.stats.spooled == len(before) + N
         # Feedback can still find a spooled event.
@@ -161,7 +149,7 @@ async def test_no_event_is_lost_through_a_fault(tmp_path: Path, fault: str, dura
 
     await until(lambda: not log.spool_path.exists())
     ids = db_ids(store.path)
-    assert sorted(ids) == sorted(r["id"] for r in before + during)  # each exactly once
+    assert sorted(ids) == sorted(r.id for r in before + during)  # each exactly once
     assert log.stats.replayed == len(in_spool) and log.stats.quarantined == 0
     assert not log.quarantine_path.exists()
     await log.stop()
@@ -241,7 +229,7 @@ async def test_a_poisoned_row_is_quarantined_and_the_spool_replays(
         assert len(spooled_ids(log)) == N
     with caplog.at_level(logging.WARNING, logger="gateway.events.log"):
         await until(lambda: not log.spool_path.exists())
-    assert sorted(db_ids(store.path)) == sorted(r["id"] for r in rows if r["id"][0] == "e")
+    assert sorted(db_ids(store.path)) == sorted(r.id for r in rows if r.id[0] == "e")
     assert db_ids(store.path, "feedback") == ["fb-2"]
     quarantined = file_rows(log.quarantine_path)
     assert sorted(q["row"]["id"] for q in quarantined) == ["poison-33", "poison-7", "poison-fb"]
@@ -296,7 +284,7 @@ async def test_rows_sqlite_cannot_hold_do_not_stop_the_writer(tmp_path: Path) ->
 async def test_unreadable_spool_lines_are_quarantined_not_fatal(tmp_path: Path) -> None:
     spool = tmp_path / "spool"
     spool.mkdir()
-    lines = [json.dumps({"kind": "event", "row": event(f"e-{i}")}) for i in range(5)]
+    lines = [json.dumps({"kind": "event", "row": as_dict(event(f"e-{i}"))}) for i in range(5)]
     torn = '{"kind": "event", "row": {"id": "e-torn", "ts"'  # a crash in the middle of a write
     (spool / "spool.jsonl").write_text("\n".join([*lines, "[1, 2]", torn]) + "\n")
     store = Store(tmp_path / "events.db", busy_timeout_s=0.01)

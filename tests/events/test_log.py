@@ -11,20 +11,14 @@ from typing import Any
 import pytest
 
 from gateway.events.log import EventLog
+from gateway.events.schema import FeedbackRow, InferenceEvent
 from gateway.events.stores import SQLiteStore, StoreError
 
 
-def event(i: int, **extra: Any) -> dict[str, Any]:
-    return {
-        "id": f"inf-{i}",
-        "ts": float(i),
-        "route": "r",
-        "variant": "a",
-        "status": "ok",
-        "shadow": False,
-        "votes": {"A": 2, "B": 1},
-        **extra,
-    }
+def event(i: int) -> InferenceEvent:
+    return InferenceEvent(
+        id=f"inf-{i}", ts=float(i), route="r", variant="a", status="ok", votes={"A": 2, "B": 1}
+    )
 
 
 class FlakyStore(SQLiteStore):
@@ -32,12 +26,12 @@ class FlakyStore(SQLiteStore):
 
     down = False
 
-    def write_events(self, rows: Sequence[dict[str, Any]]) -> None:
+    def write_events(self, rows: Sequence[InferenceEvent]) -> None:
         if self.down:
             raise StoreError("database is down")
         super().write_events(rows)
 
-    def write_feedback(self, rows: Sequence[dict[str, Any]]) -> None:
+    def write_feedback(self, rows: Sequence[FeedbackRow]) -> None:
         if self.down:
             raise StoreError("database is down")
         super().write_feedback(rows)
@@ -89,15 +83,9 @@ async def test_outage_spools_then_replays_without_duplicates(tmp_path: Path) -> 
         log.record(event(i))
     await log.flush()
     await log.add_feedback(
-        {
-            "id": "fb-1",
-            "inference_id": "inf-5",
-            "name": "correct",
-            "kind": "boolean",
-            "value": 1.0,
-            "text": None,
-            "ts": 1.0,
-        }
+        FeedbackRow(
+            id="fb-1", inference_id="inf-5", name="correct", kind="boolean", value=1.0, ts=1.0
+        )
     )
     assert log.stats.spooled == 100
     assert count(tmp_path / "events.db") == 1

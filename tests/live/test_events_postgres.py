@@ -4,24 +4,18 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
-from typing import Any
 
 from gateway.events.log import EventLog
+from gateway.events.schema import FeedbackRow, InferenceEvent
 from gateway.events.stores import PostgresStore
 from tests.support.postgres import PostgresServer
 
 
-def event(i: int) -> dict[str, Any]:
-    return {
-        "id": f"pg-{i}",
-        "ts": float(i),
-        "route": "r",
-        "variant": "a",
-        "status": "ok",
-        "shadow": False,
-        "votes": {"C": 5},
-        "latency_ms": 1.5,
-    }
+def event(i: int) -> InferenceEvent:
+    return InferenceEvent(
+        id=f"pg-{i}", ts=float(i), route="r", variant="a", status="ok", votes={"C": 5},
+        latency_ms=1.5,
+    )  # fmt: skip
 
 
 def test_postgres_store_roundtrip(postgres: PostgresServer) -> None:
@@ -30,15 +24,9 @@ def test_postgres_store_roundtrip(postgres: PostgresServer) -> None:
     store.write_events([event(1)])  # a replayed duplicate is ignored
     store.write_feedback(
         [
-            {
-                "id": "f1",
-                "inference_id": "pg-1",
-                "name": "correct",
-                "kind": "boolean",
-                "value": 1.0,
-                "text": None,
-                "ts": 3.0,
-            }
+            FeedbackRow(
+                id="f1", inference_id="pg-1", name="correct", kind="boolean", value=1.0, ts=3.0
+            )
         ]
     )
     row = store.get_event("pg-1")
