@@ -90,7 +90,7 @@ def analyse(
     shadow = [e for e in online if e.get("shadow")]
     every = requests([e for e in online if not e.get("shadow")])
     compared = [r for r in every if r.reason in RANDOMISED and r.assigned in arms]
-    apart = [r for r in every if r not in compared]
+    apart = [r for r in every if not (r.reason in RANDOMISED and r.assigned in arms)]
     values = metric_values(feedback, set(experiment.metrics) | {OFFLINE_METRIC})
 
     arm_index = {name: i for i, name in enumerate(arms)}

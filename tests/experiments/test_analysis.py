@@ -1,4 +1,4 @@
-"""The analysis against figures computed by hand for a fixed event set."""
+"""The analysis against figures computed by hand for fixed event sets."""
 
 from __future__ import annotations
 
@@ -6,7 +6,6 @@ import math
 from typing import Any
 
 import pytest
-from scipy import stats
 
 from gateway.config.loader import parse_config
 from gateway.experiments.analysis import analyse, wilson
@@ -15,167 +14,160 @@ CONFIG = """
 models: {m: {engine: vllm, urls: ["http://127.0.0.1:9"]}}
 routes:
   r:
-    variants: {a: {target: m, weight: 50}, b: {target: m, weight: 50}}
+    sticky_key: user
+    allow_pin: true
+    variants: {a: {target: m, weight: 50}, b: {target: m, weight: 50}, c: {target: m, weight: 0}}
+    fallback: [a]
     experiment:
       metrics: {correct: {type: boolean}, rating: {type: float}}
-      min_samples: 10
+      min_samples: 5
 """
 
 
-def events_and_feedback() -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+def event(eid: str, variant: str, **kw: Any) -> dict[str, Any]:
+    return {
+        "id": eid,
+        "ts": kw.pop("ts", 0.0),
+        "route": "r",
+        "variant": variant,
+        "assignment": "sticky",
+        "key_hash": kw.pop("key", eid),
+        "shadow": False,
+        "source": "online",
+        "attempt": 0,
+        "status": "ok",
+        "latency_ms": 100.0,
+        "cost": 0.001,
+        **kw,
+    }
+
+
+def fb(eid: str, value: float, name: str = "correct", ts: float = 0.0) -> dict[str, Any]:
+    return {"inference_id": eid, "name": name, "value": value, "ts": ts}
+
+
+def spec(text: str = CONFIG) -> Any:
+    return parse_config(text, "t.yaml").routes["r"]
+
+
+def test_failed_requests_count_as_failures_and_intervals_are_per_key() -> None:
     events, feedback = [], []
-    # a: 10 ok events (6 correct), latency 100..190; b: 10 ok (9 correct) + 2 errors.
-    for variant, n, correct, errors in (("a", 10, 6, 0), ("b", 10, 9, 2)):
-        for i in range(n + errors):
-            eid = f"{variant}{i}"
-            ok = i < n
-            events.append(
-                {
-                    "id": eid,
-                    "ts": float(i),
-                    "route": "r",
-                    "variant": variant,
-                    "assignment": "sticky",
-                    "shadow": False,
-                    "source": "online",
-                    "status": "ok" if ok else "error",
-                    "latency_ms": 100.0 + 10 * i,
-                    "prompt_tokens": 10,
-                    "completion_tokens": 5,
-                    "cost": 0.001,
-                }
-            )
-            if ok:
-                feedback.append(
-                    {
-                        "inference_id": eid,
-                        "name": "correct",
-                        "value": float(i < correct),
-                        "ts": float(i),
-                    }
-                )
-                feedback.append(
-                    {
-                        "inference_id": eid,
-                        "name": "rating",
-                        "value": float(i % 5) + (1 if variant == "b" else 0),
-                        "ts": float(i),
-                    }
-                )
-    # A shadow event and an offline event never count.
-    events.append(
-        {
-            "id": "s",
-            "ts": 0.0,
-            "route": "r",
-            "variant": "a",
-            "shadow": True,
-            "status": "error",
-            "source": "online",
-        }
-    )
-    events.append(
-        {
-            "id": "o",
-            "ts": 0.0,
-            "route": "r",
-            "variant": "a",
-            "shadow": False,
-            "status": "error",
-            "source": "offline",
-        }
-    )
-    # A corrected answer: the latest feedback wins.
-    feedback.append({"inference_id": "a9", "name": "correct", "value": 1.0, "ts": 99.0})
-    return events, feedback
-
-
-def test_report_figures_match_hand_computation() -> None:
-    config = parse_config(CONFIG, "t.yaml")
-    events, feedback = events_and_feedback()
-    report = analyse("r", config.routes["r"], events, feedback)
+    # a: 10 keys x 2 requests, 7 of 20 correct; b: 10 keys, 9 correct of 10 ok plus 2 errors.
+    for i in range(20):
+        events.append(event(f"a{i}", "a", key=f"ka{i // 2}", ts=float(i)))
+        feedback.append(fb(f"a{i}", float(i < 7)))
+    for i in range(12):
+        ok = i < 10
+        events.append(event(f"b{i}", "b", ts=float(i), status="ok" if ok else "error"))
+        if ok:
+            feedback.append(fb(f"b{i}", float(i < 9)))
+    events.append(event("s", "a", shadow=True, status="error"))  # shadow: apart
+    events.append(event("o", "a", source="offline", status="error"))  # offline: never
+    feedback.append(fb("a19", 1.0, ts=99.0))  # a correction: the latest value wins
+    report = analyse("r", spec(), events, feedback)
     a, b = report["variants"]["a"], report["variants"]["b"]
-    assert (a["n"], b["n"]) == (10, 12)
-    assert a["errors"] == 0 and b["errors"] == 2
-    assert b["error_rate"]["mean"] == pytest.approx(2 / 12)
-    # p50 of 100..190 is 145; p95 is 100 + 0.95 * 9 * 10 = 185.5
-    assert a["latency_ms"]["p50"] == pytest.approx(145.0)
-    assert a["latency_ms"]["p95"] == pytest.approx(185.5)
-    # a: 7 of 10 correct after the correction. Wilson by hand:
-    p, n, z = 0.7, 10, 1.959963984540054
-    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-    assert a["metrics"]["correct"]["mean"] == pytest.approx(0.7)
-    assert a["metrics"]["correct"]["ci95"] == pytest.approx([centre - half, centre + half])
-    # b vs a on correct: 9/10 vs 7/10, pooled two-proportion z-test by hand.
-    comparison = next(c for c in report["comparisons"] if c["metric"] == "correct")
-    pooled = 16 / 20
-    zstat = 0.2 / math.sqrt(pooled * (1 - pooled) * (2 / 10))
-    assert comparison["difference"] == pytest.approx(0.2)
-    assert comparison["p_value"] == pytest.approx(2 * (1 - stats.norm.cdf(zstat)))
-    # rating: b is a + 1 exactly; Welch by hand (equal variances, n = 10 each).
-    rating = next(c for c in report["comparisons"] if c["metric"] == "rating")
-    values = [float(i % 5) for i in range(10)]
-    var = sum((v - 2.0) ** 2 for v in values) / 9
-    t = 1.0 / math.sqrt(2 * var / 10)
-    df = (2 * var / 10) ** 2 / (2 * (var / 10) ** 2 / 9)
-    assert rating["difference"] == pytest.approx(1.0)
-    assert rating["p_value"] == pytest.approx(2 * stats.t.sf(t, df))
-    assert report["sample_ratio"]["mismatch"] is False
-    assert "No significant difference" in report["verdict"]
+    assert (a["n"], a["units"], b["n"], b["errors"]) == (20, 10, 12, 2)
+    assert b["metrics"]["correct"]["mean"] == pytest.approx(9 / 12)  # errors are failures
+    # a per key: Y = (2,2,2,1,0,0,0,0,0,1), N = 2 each: delta-method variance by hand.
+    ys, ns = [2, 2, 2, 1, 0, 0, 0, 0, 0, 1], [2] * 10
+    r = sum(ys) / sum(ns)
+    var = sum((y - r * n) ** 2 for y, n in zip(ys, ns, strict=True)) / sum(ns) ** 2 * 10 / 9
+    fig = a["metrics"]["correct"]
+    assert fig["mean"] == pytest.approx(r)
+    assert fig["ci95_one_look"] == pytest.approx(
+        [r - 1.96 * math.sqrt(var), r + 1.96 * math.sqrt(var)], abs=1e-3
+    )
+    low, high = fig["ci95"]
+    assert low < fig["ci95_one_look"][0] and high > fig["ci95_one_look"][1]  # always valid: wider
+    assert report["apart"] == {"shadow": {"a": 1}}
+    assert report["decision"]["status"] == "running" and report["decision"]["winner"] is None
+    assert "Keep the experiment running" in report["verdict"]
 
 
-def test_verdicts() -> None:
-    config = parse_config(CONFIG.replace("min_samples: 10", "min_samples: 50"), "t.yaml")
-    events, feedback = events_and_feedback()
-    report = analyse("r", config.routes["r"], events, feedback)
-    assert report["verdict"].startswith("Not enough data yet for 'correct'")
-    # A clear winner with enough data.
-    big_events, big_feedback = [], []
+def test_fallback_attempts_belong_to_the_assigned_variant() -> None:
+    events = [
+        event("b0", "b", key="k", status="error", ts=1.0),
+        event("b0-1", "a", key="k", attempt=1, fallback_from="b", ts=1.1),
+        # attempt 0 already on the fallback: b was cooling down and was skipped
+        event("b1", "a", key="k", fallback_from="b", ts=2.0),
+    ]
+    report = analyse("r", spec(), events, [fb("b0-1", 1.0), fb("b1", 0.0)])
+    assert report["variants"]["b"]["n"] == 2 and report["variants"]["a"]["n"] == 0
+    assert report["variants"]["b"]["answered_by_fallback"] == 2
+    assert report["variants"]["b"]["metrics"]["correct"]["mean"] == pytest.approx(0.5)
+    assert report["sample_ratio"]["observed"] == {"a": 0, "b": 1}
+
+
+def test_a_clear_winner_and_pinned_traffic_apart() -> None:
+    events, feedback = [], []
     for variant, rate in (("a", 0.5), ("b", 0.8)):
+        for i in range(400):
+            eid = f"{variant}{i}"
+            events.append(event(eid, variant, ts=float(i)))
+            feedback.append(fb(eid, float((i * 7919) % 400 < rate * 400)))
+    # Pinned requests to a that are all correct would turn the result round if compared.
+    for i in range(2000):
+        events.append(event(f"p{i}", "a", assignment="pinned", key=None, ts=float(i)))
+        feedback.append(fb(f"p{i}", 1.0))
+    report = analyse("r", spec(), events, feedback)
+    d = report["decision"]
+    assert d["status"] == "winner" and d["winner"] == "b" and d["beats"] == ["a"]
+    assert d["safe_to_act"] is True
+    assert report["apart"]["pinned"] == {"a": 2000}
+    assert report["verdict"].startswith("'b' beats 'a' on correct")
+    # The weight-0 variant 'c' is no arm: it never blocks the decision.
+    assert all("c" not in (x["variant"], x["against"]) for x in report["comparisons"])
+
+
+def test_sample_ratio_counts_keys_not_requests() -> None:
+    # 60 keys on a, 40 on b with ten times as many requests each on b: balanced requests,
+    # unbalanced keys. A mismatch is about keys.
+    events = [event(f"a{i}", "a", key=f"a{i}") for i in range(600)]
+    events += [event(f"b{i}", "b", key=f"b{i % 400}") for i in range(400)]
+    report = analyse("r", spec(), events, [])
+    assert report["sample_ratio"]["observed"] == {"a": 600, "b": 400}
+    assert report["sample_ratio"]["mismatch"] is True
+    assert report["decision"]["status"] == "sample_ratio_mismatch"
+    assert report["verdict"].startswith("Sample ratio mismatch")
+    balanced = [event(f"a{i}", "a", key=f"a{i % 10}") for i in range(600)]
+    balanced += [event(f"b{i}", "b", key=f"b{i % 10}") for i in range(60)]
+    assert analyse("r", spec(), balanced, [])["sample_ratio"]["mismatch"] is False
+
+
+def test_a_guardrail_breach_blocks_the_winner() -> None:
+    text = CONFIG.replace(
+        "min_samples: 5", "min_samples: 5\n      guardrails: {error_rate: {margin: 0.05}}"
+    )
+    events, feedback = [], []
+    for variant, rate, errors in (("a", 0.5, 0), ("b", 0.9, 120)):
+        for i in range(400):
+            eid = f"{variant}{i}"
+            failed = i < errors
+            events.append(event(eid, variant, ts=float(i), status="error" if failed else "ok"))
+            if not failed:
+                feedback.append(fb(eid, 1.0 if (i * 7919) % 400 < rate * 400 else 0.0))
+    report = analyse("r", spec(text), events, feedback)
+    d = report["decision"]
+    assert d["status"] == "guardrail_breach" and d["winner"] is None
+    assert d["breaches"][0]["variant"] == "b" and d["breaches"][0]["metric"] == "error_rate"
+    assert report["verdict"].startswith("Do not promote")
+
+
+def test_planned_samples_use_one_look_only_when_reached() -> None:
+    text = CONFIG.replace("min_samples: 5", "min_samples: 5\n      planned_samples: 300")
+    events, feedback = [], []
+    for variant, rate in (("a", 0.5), ("b", 0.6)):
         for i in range(200):
             eid = f"{variant}{i}"
-            big_events.append(
-                {
-                    "id": eid,
-                    "ts": 0.0,
-                    "route": "r",
-                    "variant": variant,
-                    "assignment": "random",
-                    "status": "ok",
-                    "latency_ms": 1.0,
-                }
-            )
-            big_feedback.append(
-                {"inference_id": eid, "name": "correct", "value": float(i < rate * 200), "ts": 0.0}
-            )
-    report = analyse("r", config.routes["r"], big_events, big_feedback)
-    assert report["verdict"].startswith("'b' beats 'a' on correct: +0.3")
+            events.append(event(eid, variant, ts=float(i)))
+            feedback.append(fb(eid, float((i * 7919) % 200 < rate * 200)))
+    report = analyse("r", spec(text), events, feedback)
+    assert report["decision"]["status"] == "running"
+    primary = next(c for c in report["comparisons"] if c["primary"])
+    assert primary["reached"] is False and primary["p_value"] is None
 
 
-def test_sample_ratio_mismatch_is_flagged() -> None:
-    config = parse_config(CONFIG, "t.yaml")
-    events = [
-        {
-            "id": f"{v}{i}",
-            "ts": 0.0,
-            "route": "r",
-            "variant": v,
-            "assignment": "sticky",
-            "status": "ok",
-            "latency_ms": 1.0,
-        }
-        for v, n in (("a", 600), ("b", 400))
-        for i in range(n)
-    ]
-    report = analyse("r", config.routes["r"], events, [])
-    assert report["sample_ratio"]["mismatch"] is True
-    assert report["verdict"].startswith("Sample ratio mismatch")
-
-
-def test_statistics_helpers_edge_cases() -> None:
+def test_wilson_edge_cases() -> None:
     assert wilson(0, 0).mean is None
-    assert two_proportion(1, 0, 1, 1) is None
-    assert welch([1.0], [2.0, 3.0]) is None
-    result = welch([1.0, 1.0], [1.0, 1.0])
-    assert result is not None and result[3] == 1.0
+    est = wilson(7, 10)
+    assert est.low is not None and est.high is not None and est.low < 0.7 < est.high
