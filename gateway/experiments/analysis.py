@@ -309,6 +309,11 @@ def verdict(
         )
     elif status == "no_difference":
         text = f"No difference worth acting on: {decision['reason']}. Safe to stop."
+    elif decision["reason"].startswith("fewer than"):
+        text = (
+            f"Not enough data yet for '{metric}': {decision['reason']} (min_samples, where the "
+            "always-valid interval's normal approximation starts to hold). Keep it running."
+        )
     else:
         text = (
             f"Keep the experiment running ({decision['reason']}). Reading this report as often "

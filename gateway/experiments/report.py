@@ -1,4 +1,8 @@
-"""Rendering an experiment analysis (``experiments.analyse``) as a terminal table or HTML."""
+"""Rendering an experiment analysis (``experiments.analyse``) as a terminal table or HTML.
+
+Intervals shown are the always-valid ones (safe at any look); the decision line says what the
+rule decided and whether it is safe to act.
+"""
 
 from __future__ import annotations
 
@@ -26,48 +30,123 @@ def _interval(estimate: dict[str, Any]) -> str:
 
 
 def variant_rows(report: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
-    metrics = sorted({m for v in report["variants"].values() for m in v["metrics"]})
+    builtin = ("error_rate", "latency_ms", "cost", "cost_per_correct")
+    metrics = sorted(
+        {m for v in report["variants"].values() for m in v["metrics"] if m not in builtin}
+    )
     header = [
         "variant",
         "weight",
-        "n",
+        "units",
+        "requests",
+        "by fallback",
         "error rate [95% CI]",
         "latency p50 ms",
         "p95 ms",
-        "prompt tok",
-        "completion tok",
         "cost",
+        "cost/correct [95% CI]",
         *metrics,
     ]
     rows = []
     for name, figures in report["variants"].items():
+        m = figures["metrics"]
         rows.append(
             [
                 name,
                 num(report["weights"][name]),
+                str(figures["units"]),
                 str(figures["n"]),
-                _interval(figures["error_rate"]),
+                str(figures["answered_by_fallback"]),
+                _interval(m["error_rate"]) if "error_rate" in m else "-",
                 num(figures["latency_ms"]["p50"]),
                 num(figures["latency_ms"]["p95"]),
-                num(figures["prompt_tokens"]),
-                num(figures["completion_tokens"]),
                 num(figures["cost"]),
-                *(_interval(figures["metrics"][m]) for m in metrics),
+                _interval(m["cost_per_correct"]) if "cost_per_correct" in m else "-",
+                *(_interval(m[x]) if x in m else "-" for x in metrics),
             ]
         )
     return header, rows
 
 
 def comparison_rows(report: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
-    header = ["variant", "vs", "metric", "difference [95% CI]", "p-value", "test"]
+    header = ["variant", "vs", "metric", "difference [95% CI]", "p", "Holm p", "test"]
     rows = []
     for c in report["comparisons"]:
         low, high = c["ci95"]
         diff = (
             "-" if c["difference"] is None else f"{c['difference']:+.4g} [{num(low)}, {num(high)}]"
         )
-        rows.append([c["variant"], c["against"], c["metric"], diff, num(c["p_value"]), c["test"]])
+        rows.append(
+            [
+                c["variant"],
+                c["against"],
+                c["metric"] + (" (primary)" if c.get("primary") else ""),
+                diff,
+                num(c["p_value"]),
+                num(c.get("p_adjusted")),
+                c["test"],
+            ]
+        )
     return header, rows
+
+
+def guardrail_rows(report: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
+    header = ["variant", "vs", "guardrail", "worse by [95% CI]", "margin", "state"]
+    rows = []
+    for g in report.get("guardrails", []):
+        low, high = g["ci95"]
+        worse = "-" if g["worse_by"] is None else f"{g['worse_by']:+.4g} [{num(low)}, {num(high)}]"
+        state = "BREACH" if g["breach"] else "non-inferior" if g["non_inferior"] else "open"
+        rows.append([g["variant"], g["against"], g["metric"], worse, num(g["margin"]), state])
+    return header, rows
+
+
+def power_rows(report: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
+    header = [
+        "variant",
+        "vs",
+        "units (smaller arm)",
+        "detectable now (80%)",
+        "one-look",
+        "effect",
+        "units needed",
+        "one-look",
+    ]
+    rows = [
+        [
+            p["variant"],
+            p["against"],
+            str(p["n"]),
+            num(p["mde_now"]),
+            num(p["mde_now_one_look"]),
+            num(p["effect"]),
+            num(p["n_needed"]),
+            num(p["n_needed_one_look"]),
+        ]
+        for p in report.get("power", [])
+    ]
+    return header, rows
+
+
+def decision_lines(report: dict[str, Any]) -> list[str]:
+    """The decision, the traffic left out of it, and the actions taken, as plain lines."""
+    d = report["decision"]
+    lines = [
+        f"Decision: {d['status']}"
+        + (f", winner '{d['winner']}'" if d["winner"] else "")
+        + f" on {d['metric']} ({d['method']}); safe to act: {'yes' if d['safe_to_act'] else 'no'}",
+        f"Unit of analysis: {report['unit']}; failed requests count as "
+        f"{report['failed_requests']['counted_as']}.",
+    ]
+    if report.get("apart"):
+        parts = [f"{kind} {counts}" for kind, counts in report["apart"].items()]
+        lines.append("Reported apart, never compared: " + "; ".join(parts))
+    for action in d.get("actions", []):
+        undone = " (undone)" if action.get("undone") else ""
+        lines.append(
+            f"Action: {action['action']} '{action['variant']}': {action['reason']}{undone}"
+        )
+    return lines
 
 
 def offline_rows(report: dict[str, Any]) -> tuple[str, list[str], list[list[str]]] | None:
@@ -76,7 +155,10 @@ def offline_rows(report: dict[str, Any]) -> tuple[str, list[str], list[list[str]
     if not runs:
         return None
     latest = runs[0]
-    metrics = sorted({m for v in report["variants"].values() for m in v["metrics"]})
+    builtin = ("error_rate", "latency_ms", "cost", "cost_per_correct")
+    metrics = sorted(
+        {m for v in report["variants"].values() for m in v["metrics"] if m not in builtin}
+    )
     online = "correct" if "correct" in metrics else next(iter(metrics), None)
     header = [
         "variant",
@@ -115,9 +197,13 @@ def print_table(report: dict[str, Any], console: Console) -> None:
     extra = [(side_by_side[0], (side_by_side[1], side_by_side[2]))] if side_by_side else []
     for title, (header, rows) in (
         (f"Route {report['route']}", variant_rows(report)),
-        (f"Against the control '{report['control']}'", comparison_rows(report)),
+        (f"Comparisons (control '{report['control']}')", comparison_rows(report)),
+        ("Guardrails", guardrail_rows(report)),
+        ("Power", power_rows(report)),
         *extra,
     ):
+        if not rows:
+            continue
         table = Table(title=title)
         for column in header:
             table.add_column(column)
@@ -128,8 +214,10 @@ def print_table(report: dict[str, Any], console: Console) -> None:
     if srm:
         console.print(
             f"Sample ratio: observed {srm['observed']}, expected {srm['expected']}, "
-            f"p = {num(srm['p_value'])}{' MISMATCH' if srm['mismatch'] else ''}"
+            f"always-valid p = {num(srm['p_value'])}{' MISMATCH' if srm['mismatch'] else ''}"
         )
+    for line in decision_lines(report):
+        console.print(line, highlight=False)
     console.print(f"[bold]Verdict:[/bold] {report['verdict']}")
 
 
@@ -148,9 +236,13 @@ def to_html(reports: list[dict[str, Any]]) -> str:
         extra = [side_by_side] if side_by_side else []
         for caption, header, rows in (
             ("", *variant_rows(report)),
-            ("", *comparison_rows(report)),
+            ("Comparisons", *comparison_rows(report)),
+            ("Guardrails", *guardrail_rows(report)),
+            ("Power", *power_rows(report)),
             *extra,
         ):
+            if not rows:
+                continue
             parts.append(
                 f"<table><caption>{html.escape(caption)}</caption><tr>"
                 + "".join(f"<th>{html.escape(h)}</th>" for h in header)
@@ -159,6 +251,8 @@ def to_html(reports: list[dict[str, Any]]) -> str:
             for row in rows:
                 parts.append("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>")
             parts.append("</table>")
+        for line in decision_lines(report):
+            parts.append(f"<p>{html.escape(line)}</p>")
         parts.append(f"<p class='verdict'>{html.escape(report['verdict'])}</p>")
     parts.append("</body></html>")
     return "\n".join(parts)
