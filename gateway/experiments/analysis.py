@@ -97,6 +97,14 @@ def analyse(
     unit_codes, _ = codes([r.unit for r in compared])
     arm_codes = np.fromiter((arm_index[r.assigned] for r in compared), dtype=np.int64)
     streams = _streams(compared, unit_codes, arm_codes, experiment, values)
+    if "latency_p95" in experiment.guardrails:
+        streams["latency_p95"] = _slow_share(
+            compared,
+            unit_codes,
+            arm_codes,
+            arm_index[control],
+            experiment.guardrails["latency_p95"].margin,
+        )
     firsts = _first_assignments(compared, unit_codes, arm_codes)
     setup = Setup(
         arms=arms,
@@ -108,7 +116,10 @@ def analyse(
         n_star=float(experiment.planned_samples or experiment.expected_samples),
         planned=experiment.planned_samples,
         min_effect=experiment.min_effect,
-        guardrails={n: g.margin for n, g in experiment.guardrails.items()},
+        # latency_p95's margin is already in its threshold (see _slow_share).
+        guardrails={
+            n: 0.0 if n == "latency_p95" else g.margin for n, g in experiment.guardrails.items()
+        },
     )
     result = evaluate(setup, streams, firsts)
     decision = dict(result.decision)
@@ -235,6 +246,34 @@ def _streams(
             kind, higher = kinds[name]
             out[name] = Metric(name, kind, higher, empty)  # type: ignore[arg-type]
     return out
+
+
+def _slow_share(
+    compared: list[Request],
+    unit_codes: np.ndarray[Any, np.dtype[np.int64]],
+    arm_codes: np.ndarray[Any, np.dtype[np.int64]],
+    control: int,
+    margin: float,
+) -> Metric:
+    """The latency p95 guardrail as a share: a variant's p95 is above the control's p95 plus
+    the margin exactly when more than 5% of its requests are slower than that threshold. The
+    control's observations are the constant 0.05, so the difference path tests the variant's
+    share against 5% (the control's p95 is taken as known: it is estimated from its own arm).
+    """
+    control_latencies = [
+        r.latency_ms
+        for r, a in zip(compared, arm_codes, strict=True)
+        if a == control and r.status == "ok" and r.latency_ms is not None
+    ]
+    threshold = (percentile(control_latencies, 0.95) or math.inf) + margin
+    rows = [i for i, r in enumerate(compared) if r.status == "ok" and r.latency_ms is not None]
+    index = np.asarray(rows, dtype=np.int64)
+    arms = arm_codes[index]
+    slow = np.asarray([float(compared[i].latency_ms or 0.0) > threshold for i in rows], float)
+    y = np.where(arms == control, 0.05, slow)
+    return Metric(
+        "latency_p95", "boolean", False, Stream(unit_codes[index], arms, y, np.ones(len(rows)))
+    )
 
 
 def _first_assignments(

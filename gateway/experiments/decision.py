@@ -98,7 +98,8 @@ def _arm_figures(path: RatioPath, arm: int, alpha: float, n_star: float) -> dict
     }
     if math.isfinite(v):
         h = float(half_width(np.array([v]), np.array([rho2(n_star, alpha) * u]), alpha)[0])
-        z = float(stats.norm.ppf(1 - alpha / 2)) * math.sqrt(v)
+        # t with U - 1 degrees of freedom: the per-unit variance is estimated from U units.
+        z = float(stats.t.ppf(1 - alpha / 2, max(u - 1, 1))) * math.sqrt(v)
         out["ci95"] = [r - h, r + h]
         out["ci95_one_look"] = [r - z, r + z]
     return out

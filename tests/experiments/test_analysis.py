@@ -6,6 +6,7 @@ import math
 from typing import Any
 
 import pytest
+from scipy import stats
 
 from gateway.config.loader import parse_config
 from gateway.experiments.analysis import analyse, wilson
@@ -74,9 +75,8 @@ def test_failed_requests_count_as_failures_and_intervals_are_per_key() -> None:
     var = sum((y - r * n) ** 2 for y, n in zip(ys, ns, strict=True)) / sum(ns) ** 2 * 10 / 9
     fig = a["metrics"]["correct"]
     assert fig["mean"] == pytest.approx(r)
-    assert fig["ci95_one_look"] == pytest.approx(
-        [r - 1.96 * math.sqrt(var), r + 1.96 * math.sqrt(var)], abs=1e-3
-    )
+    half = float(stats.t.ppf(0.975, 9)) * math.sqrt(var)  # t on U - 1 = 9 df
+    assert fig["ci95_one_look"] == pytest.approx([r - half, r + half])
     low, high = fig["ci95"]
     assert low < fig["ci95_one_look"][0] and high > fig["ci95_one_look"][1]  # always valid: wider
     assert report["apart"] == {"shadow": {"a": 1}}
@@ -171,3 +171,21 @@ def test_wilson_edge_cases() -> None:
     assert wilson(0, 0).mean is None
     est = wilson(7, 10)
     assert est.low is not None and est.high is not None and est.low < 0.7 < est.high
+
+
+def test_latency_p95_guardrail() -> None:
+    text = CONFIG.replace(
+        "min_samples: 5", "min_samples: 5\n      guardrails: {latency_p95: {margin: 100}}"
+    )
+    events = []
+    for variant, slow_share in (("a", 0.0), ("b", 0.3)):
+        for i in range(400):
+            latency = 1000.0 if (i * 7919) % 400 < slow_share * 400 else 100.0 + i % 50
+            events.append(event(f"{variant}{i}", variant, ts=float(i), latency_ms=latency))
+    report = analyse("r", spec(text), events, [])
+    row = next(g for g in report["guardrails"] if g["metric"] == "latency_p95")
+    assert row["breach"] is True and report["decision"]["status"] == "guardrail_breach"
+    fine = [e for e in events if e["variant"] == "a"]
+    fine += [{**e, "id": "b" + e["id"], "variant": "b", "key_hash": "b" + e["id"]} for e in fine]
+    row = next(g for g in analyse("r", spec(text), fine, [])["guardrails"])
+    assert row["breach"] is False
