@@ -27,7 +27,7 @@ class InferenceEvent:
     ts: float
     route: str | None = None
     variant: str | None = None
-    #: how the variant was chosen: weighted, sticky, pinned, promoted, direct, shadow, offline
+    #: how the variant was chosen: sticky, random, pinned, promoted, direct, offline or shadow
     assignment: str | None = None
     model: str | None = None
     adapter: str | None = None

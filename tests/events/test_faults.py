@@ -313,7 +313,7 @@ routes:
 
 async def test_experiment_endpoints_answer_503_when_the_store_fails(gateway: Any) -> None:
     async with gateway(config=ROUTED) as (_client, raw):
-        store = raw._transport.app.state.gateway.events.store
+        store = gateway.state.events.store
         store.close()  # every read and write now fails as an outage
         report = await raw.get("/v1/experiments/ab")
         promote = await raw.post("/v1/experiments/ab/promote", json={"variant": "a"})

@@ -15,6 +15,7 @@ from typing import Any
 import orjson
 import pytest
 
+from gateway.engines.base import Engine
 from gateway.errors import (
     EngineError,
     EngineUnavailableError,
@@ -25,7 +26,7 @@ from gateway.errors import (
 from tests.support.apps import AppFactory
 from tests.support.fakes import FakeEngine, completion, sse
 
-CHAT = {"model": "fake", "messages": [{"role": "user", "content": "hi"}]}
+CHAT: dict[str, Any] = {"model": "fake", "messages": [{"role": "user", "content": "hi"}]}
 
 Step = GatewayError | str  # an error to raise, or "ok", "hang", "stall-after-2"
 
@@ -184,7 +185,7 @@ routes:
     fake = ScriptedEngine("fake", script=[unavailable() for _ in range(3)])
     spare = ScriptedEngine("spare")
     reliability = "{cooldown_failures: 3, cooldown_s: 60}"
-    engines = {"fake": fake, "spare": spare}
+    engines: dict[str, Engine] = {"fake": fake, "spare": spare}
     async with gateway(engines, config(reliability, routes)) as (client, raw):
         for _ in range(3):
             reply = await client.chat.completions.create(**{**CHAT, "model": "r"})

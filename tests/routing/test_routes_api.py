@@ -63,7 +63,7 @@ async def test_route_headers_extension_and_sticky_users(gateway: Any) -> None:
             variant = resp.headers["x-switchboard-variant"]
             assert resp.headers["x-switchboard-route"] == "qa"
             assert resp.headers["x-switchboard-inference-id"].startswith("inf-")
-            assert data.switchboard["variant"] == variant  # type: ignore[attr-defined]
+            assert data.switchboard["variant"] == variant
             assert data.choices[0].message.content == f"from {'m1' if variant == 'first' else 'm2'}"
             assert seen.setdefault(f"user-{i % 10}", variant) == variant
         assert set(seen.values()) == {"first", "second"}
@@ -90,7 +90,7 @@ async def test_shadow_runs_in_background_and_is_logged(gateway: Any) -> None:
         assert resp.status_code == 200
         assert resp.json()["choices"][0]["message"]["content"] in ("from m1", "from m2")
         assert elapsed < 1.0, "the shadow (1.5 s) delayed the response"
-        app_state = raw._transport.app.state.gateway  # type: ignore[attr-defined]
+        app_state = gateway.state
         await app_state.dispatcher.drain_shadows()
         await app_state.events.flush()
         rows = app_state.events.store.events("qa")
@@ -111,7 +111,7 @@ async def test_fallback_after_a_retryable_failure(gateway: Any) -> None:
             assert resp.status_code == 200
             if resp.json()["switchboard"]["variant"] == "second" and broken.bodies:
                 break
-        state = raw._transport.app.state.gateway  # type: ignore[attr-defined]
+        state = gateway.state
         await state.events.flush()
         rows = [r for r in state.events.store.events("qa") if not r["shadow"]]
     failed = [r for r in rows if r["status"] == "error"]
@@ -143,7 +143,8 @@ async def test_feedback_validation(gateway: Any) -> None:
         direct_id = direct.headers["x-switchboard-inference-id"]
 
         async def post(body: dict[str, Any]) -> httpx.Response:
-            return await raw.post("/v1/feedback", json=body)
+            response: httpx.Response = await raw.post("/v1/feedback", json=body)
+            return response
 
         ok = await post({"inference_id": inference, "name": "correct", "value": True})
         assert ok.status_code == 201 and ok.json()["value"] is True
@@ -220,7 +221,7 @@ async def test_rejected_requests_are_logged_too(gateway: Any) -> None:
         inference = resp.headers["x-switchboard-inference-id"]
         bad = await raw.post("/v1/chat/completions", json={"model": "qa", "messages": []})
         assert bad.status_code == 400 and bad.headers["x-switchboard-inference-id"]
-        state = raw._transport.app.state.gateway  # type: ignore[attr-defined]
+        state = gateway.state
         await state.events.flush()
         row = state.events.store.get_event(inference)
     assert row is not None and row["status"] == "error" and row["http_status"] == 404
