@@ -264,6 +264,7 @@ class ExperimentSpec(_Spec):
         default=1000, ge=10, description="units per variant where the always-valid test is tightest"
     )
     guardrails: dict[str, GuardrailSpec] = Field(default_factory=dict)
+    # Declared for the actions of issue #13; not acted on yet (the report only).
     on_decision: Literal["report", "promote"] = "report"
     on_guardrail_breach: Literal["report", "rollback"] = "report"
 
