@@ -38,7 +38,7 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 #: one attempt's work once its variant is chosen: what it yields when it succeeds
-Opener = Callable[[Variant, Attempt, RequestContext], Awaitable[T]]
+AttemptRun = Callable[[Variant, Attempt, RequestContext], Awaitable[T]]
 
 
 class Dispatcher:
@@ -121,12 +121,12 @@ class Dispatcher:
         ctx: RequestContext,
         *,
         stream: bool,
-        open_: Opener[T],
+        run_attempt: AttemptRun[T],
     ) -> tuple[Attempt, T]:
         """Try the schedule's variants in turn until one opens; retry only what may succeed.
 
-        Each attempt is recorded once (by ``open_`` when it succeeds, on the way out of its
-        ``with`` block when it fails or is cancelled); a stream's ends in the relay.
+        Each attempt is recorded once: by ``run_attempt`` when it succeeds, on the way out of
+        its ``with`` block when it fails or is cancelled; an opened stream's, by the relay.
         """
         assignment = self.plan(chat, headers)
         self.budget.deposit()
@@ -147,7 +147,7 @@ class Dispatcher:
             )
             try:
                 with attempt:
-                    opened = await open_(variant, attempt, ctx)
+                    opened = await run_attempt(variant, attempt, ctx)
             except GatewayError as exc:
                 self._outcome(assignment, variant, exc)
                 last = index + 1 == len(schedule)
@@ -217,7 +217,7 @@ class Dispatcher:
 
         ctx = ctx or self.new_context()
         attempt, response = await self._first_success(
-            chat, body, headers, ctx, stream=False, open_=run
+            chat, body, headers, ctx, stream=False, run_attempt=run
         )
         response["switchboard"] = {**response.get("switchboard", {}), **attempt.extension()}
         return response, attempt.headers()
@@ -280,7 +280,7 @@ class Dispatcher:
 
         ctx = ctx or self.new_context()
         attempt, chunks = await self._first_success(
-            chat, body, headers, ctx, stream=True, open_=open_stream
+            chat, body, headers, ctx, stream=True, run_attempt=open_stream
         )
         return chunks, attempt.headers()
 
