@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import gc
 import logging
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -24,9 +25,10 @@ from gateway.api.hot_path import ChatHotPath
 from gateway.api.middleware import BodySizeLimit
 from gateway.config.schema import GatewayConfig
 from gateway.engines.factory import Engine, build_engines, start_engines
+from gateway.errors import StoreError
 from gateway.events.log import EventLog
 from gateway.events.metrics import Metrics
-from gateway.events.stores import StoreError, open_store
+from gateway.events.stores import open_store
 from gateway.pipelines.runner import PipelineRunner
 from gateway.resolve import Resolved, resolve
 from gateway.routing.assignment import Router
@@ -96,6 +98,7 @@ def create_app(
                 keyring=KeyRing.from_config(config.auth, settings.api_key),
                 limiter=RateLimiter(),
                 gate=ConcurrencyGate(config.limits.max_concurrency),
+                started_at=time.time(),
             )
             # Everything built so far lives as long as the process: keep the garbage collector
             # from walking it again and again (a full pass over the imported libraries took

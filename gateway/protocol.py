@@ -98,6 +98,10 @@ class SwitchboardExtension(BaseModel):
         return self
 
 
+#: roles whose messages must carry content (assistant messages may hold only tool calls)
+_CONTENT_REQUIRED = frozenset({"system", "developer", "user"})
+
+
 class ChatCompletionRequest(BaseModel):
     """POST /v1/chat/completions. Unknown fields are allowed and passed to the engine."""
 
@@ -129,6 +133,10 @@ class ChatCompletionRequest(BaseModel):
             raise ValueError("stop: at most 4 sequences")
         if self.stream_options is not None and not self.stream:
             raise ValueError("stream_options: only allowed when stream is true")
+        for i, message in enumerate(self.messages):
+            # OpenAI refuses these too; an engine would render an empty turn without a word.
+            if message.content is None and message.role in _CONTENT_REQUIRED:
+                raise ValueError(f"messages[{i}].content: a {message.role} message needs content")
         return self
 
     @property

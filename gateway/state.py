@@ -34,3 +34,5 @@ class GatewayState:
     keyring: KeyRing
     limiter: RateLimiter
     gate: ConcurrencyGate
+    #: when the lifespan finished building this state (``time.time()``): /v1/models' created
+    started_at: float

@@ -1,8 +1,12 @@
-"""GET /v1/models and /v1/models/{id}."""
+"""GET /v1/models and /v1/models/{id}: every name a client may call as ``model``.
+
+Base models, adapters and routes alike: a route is a model to its clients. Switchboard's
+extension field ``switchboard`` says which kind each is, and a route's variants.
+"""
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends
 from pydantic import BaseModel
@@ -20,6 +24,8 @@ class ServedModelCard(ModelCard):
     """OpenAI's model object; for an adapter also whether vLLM has it loaded now."""
 
     loaded: bool | None = None
+    #: Switchboard's extension: ``kind`` (model, adapter, route) and, for a route, its variants
+    switchboard: dict[str, Any] | None = None
 
 
 class ServedModelList(BaseModel):
@@ -28,22 +34,42 @@ class ServedModelList(BaseModel):
 
 
 def _cards(state: GatewayState) -> dict[str, ServedModelCard]:
+    # ``created`` is when this gateway started serving the name: the same on every request.
+    created = int(state.started_at)
     cards = {
-        name: ServedModelCard(id=name, root=engine.upstream_model)
+        name: ServedModelCard(
+            id=name, created=created, root=engine.upstream_model, switchboard={"kind": "model"}
+        )
         for name, engine in state.engines.items()
     }
     adapters = state.adapters
-    if adapters is not None:
-        for adapter in adapters.registry.all():
-            adapter_state = adapters.state(adapter.name)
-            if adapter_state == "unloaded":
-                continue  # taken out of service by an admin: not callable, so not listed
-            cards[adapter.name] = ServedModelCard(
-                id=adapter.name,
-                root=adapter.name,
-                parent=adapter.base_model,
-                loaded=adapter_state == "loaded",
-            )
+    for adapter in adapters.registry.all():
+        adapter_state = adapters.state(adapter.name)
+        if adapter_state == "unloaded":
+            continue  # taken out of service by an admin: not callable, so not listed
+        cards[adapter.name] = ServedModelCard(
+            id=adapter.name,
+            created=created,
+            root=adapter.name,
+            parent=adapter.base_model,
+            loaded=adapter_state == "loaded",
+            switchboard={"kind": "adapter"},
+        )
+    for name, route in state.router.routes.items():
+        variants = {
+            variant.name: {
+                "target": variant.target,
+                "pipeline": variant.pipeline,
+                "weight": variant.weight,
+            }
+            for variant in route.variants.values()
+        }
+        promoted = route.promoted.name if route.promoted else None
+        cards[name] = ServedModelCard(
+            id=name,
+            created=created,
+            switchboard={"kind": "route", "variants": variants, "promoted": promoted},
+        )
     return cards
 
 
