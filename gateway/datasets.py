@@ -28,6 +28,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Literal
 
+from gateway.errors import DataError
+
 Split = Literal["train", "heldout"]
 HELDOUT_PERCENT = 30
 _SPLIT_SALT = "switchboard-split-v1:"
@@ -46,10 +48,6 @@ MEDICAL_TOPICS = frozenset(
         "professional medicine",
     }
 )
-
-
-class DataError(ValueError):
-    """Bad labelled data; the message names the file and line."""
 
 
 @dataclass(frozen=True)

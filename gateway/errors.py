@@ -1,20 +1,100 @@
-"""One error tree for the whole gateway, mapped once to OpenAI's error JSON.
+"""Every error the gateway raises on purpose, in one tree, mapped once to OpenAI's error JSON.
 
-Every failure a client can see is a ``GatewayError``. Handlers raise; ``app.py`` installs a
-single exception handler that turns the error into ``{"error": {message, type, param, code}}``
-with the right status and headers. Nothing else in the code base builds error responses.
+The tree (``SwitchboardError`` is the root; ``exit`` is the ``gateway`` command's status)::
+
+    SwitchboardError                  anything the package raises on purpose (exit 1)
+    ├── GatewayError                  reaches a client: OpenAI's error JSON, a status (500)
+    │   ├── InvalidRequestError       a malformed request or a parameter out of range (400)
+    │   │   └── InvalidAdapterError   a bad adapter name or folder (400)
+    │   ├── AuthenticationError       no or a wrong API key (401)
+    │   ├── PermissionDeniedError     the key lacks the scope (403)
+    │   ├── NotFoundError             (404)
+    │   │   ├── ModelNotFoundError    no model, adapter or route of that name
+    │   │   └── AdapterNotFoundError  no adapter of that name in the registry
+    │   ├── PayloadTooLargeError      the body is over limits.max_body_bytes (413)
+    │   ├── ClientClosedRequest       the client went away first (499, nobody reads it)
+    │   ├── RateLimitError            a quota of this gateway (429)
+    │   ├── UpstreamRejectedError     the engine refused the request as invalid (400)
+    │   ├── StoreUnavailableError     the event database is down for now (503)
+    │   ├── UnroutedRequestError      Starlette answered by itself: no such path, method (4xx)
+    │   ├── InternalServerError       a bug: logged, answered without details (500)
+    │   └── EngineError               the engine failed; ``retryable`` says if a retry may help
+    │       ├── EngineUnavailableError     starting, restarting or unreachable (503)
+    │       ├── EngineTimeoutError         (504)
+    │       ├── UpstreamRateLimitedError   the engine answered 429
+    │       ├── DeadlineExceededError      the request's one deadline passed (504)
+    │       └── StreamStalledError         no chunk within the gap limit (504, in-band)
+    ├── InputError                    bad input or configuration, found before work starts (exit 2)
+    │   ├── ConfigError               gateway.yaml: every problem, naming the file and key
+    │   ├── PipelineError             a pipeline folder that cannot be served
+    │   ├── TemplateError             a template that does not compile or render
+    │   ├── BankError (ValueError)         an exemplar bank that cannot be used
+    │   ├── DataError (ValueError)         labelled data: names the file and line
+    │   ├── ScorerError (ValueError)       a scorer that cannot be built
+    │   ├── TrainingDataError (ValueError) training data: names the file and line
+    │   └── AdapterProblems           an adapter folder: one line per problem
+    └── RunError                      a step failed while running (exit 1)
+        ├── EngineStartError          vLLM did not become healthy
+        ├── PreparationError          a packaged model could not be prepared
+        ├── BuildError                an exemplar bank could not be built
+        ├── TrainingError             training could not start or finish
+        ├── EvalError                 an evaluation run cannot start or go on
+        ├── BackendError              the gateway under evaluation cannot be used
+        └── StoreError                the event database is unreachable or refused a write
+            └── StoreDataError        it refused the rows as data: they will fail again
+
+Why one root with ``GatewayError`` under it rather than two roots: the ``gateway`` command
+catches ``SwitchboardError`` once (``cli/common.py``) and turns any of them into one line and
+an exit status, including the ``GatewayError`` a domain call raises (``adapters show`` of an
+unknown name). ``InputError`` and ``RunError`` split the rest by who must act: the user fixes
+their input (exit 2) or retries once the world is better (exit 1). The four ``ValueError``
+subclasses stay ``ValueError``: parsers raise them where a ``ValueError`` is expected.
+
+HTTP: handlers raise; ``render`` is the one function that writes ``{"error": {message, type,
+param, code}}`` (``GatewayError.to_dict`` calls it); ``api/errors.py`` answers with it at the
+error's status and headers, and the stream relay sends it as the last SSE event.
 """
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, ClassVar
 
 
-class GatewayError(Exception):
+class SwitchboardError(Exception):
+    """Root of the tree: the CLI prints its message on one line and exits ``exit_code``."""
+
+    exit_code: ClassVar[int] = 1
+
+
+class InputError(SwitchboardError):
+    """Bad input or configuration: the message names the file, the key and the fix."""
+
+    exit_code = 2
+
+
+class RunError(SwitchboardError):
+    """A step failed while running; the message says what failed and what to do."""
+
+
+def render(error: GatewayError) -> dict[str, Any]:
+    """OpenAI's error JSON for ``error``: the only place in the package that writes its shape."""
+    return {
+        "error": {
+            "message": error.message,
+            "type": error.error_type,
+            "param": error.param,
+            "code": error.code,
+        }
+    }
+
+
+class GatewayError(SwitchboardError):
     """Base of every error that reaches a client."""
 
-    status_code: ClassVar[int] = 500
-    error_type: ClassVar[str] = "server_error"
+    # Class defaults that an instance may narrow (``UnroutedRequestError`` takes Starlette's).
+    status_code: int = 500
+    error_type: str = "server_error"
     default_code: ClassVar[str | None] = None
 
     def __init__(
@@ -32,14 +112,7 @@ class GatewayError(Exception):
         self.headers = headers or {}
 
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "error": {
-                "message": self.message,
-                "type": self.error_type,
-                "param": self.param,
-                "code": self.code,
-            }
-        }
+        return render(self)
 
 
 class InvalidRequestError(GatewayError):
@@ -161,7 +234,52 @@ class UpstreamRejectedError(GatewayError):
     default_code = "upstream_rejected"
 
 
-class ConfigError(Exception):
+class AdapterNotFoundError(NotFoundError):
+    default_code = "adapter_not_found"
+
+    def __init__(self, name: str) -> None:
+        super().__init__(
+            f"No adapter named '{name}' in the registry. GET /v1/adapters lists them.",
+            param="name",
+        )
+
+
+class InvalidAdapterError(InvalidRequestError):
+    """A bad adapter name, or an adapter folder that fails validation (400)."""
+
+    default_code = "invalid_adapter"
+
+
+class StoreUnavailableError(GatewayError):
+    """The event database cannot be read or written now (503): retry later."""
+
+    status_code = 503
+    error_type = "api_error"
+    default_code = "store_unavailable"
+
+    def __init__(self, message: str, *, retry_after_s: int = 5) -> None:
+        super().__init__(message, headers={"Retry-After": str(retry_after_s)})
+
+
+class UnroutedRequestError(GatewayError):
+    """A status Starlette answers by itself (no such path 404, method not allowed 405)."""
+
+    def __init__(
+        self, status_code: int, message: str, *, headers: dict[str, str] | None = None
+    ) -> None:
+        super().__init__(message, headers=headers)
+        self.status_code = status_code
+        self.error_type = "invalid_request_error" if status_code < 500 else "server_error"
+
+
+class InternalServerError(GatewayError):
+    """An exception nobody expected: logged with its traceback, answered without details."""
+
+    def __init__(self) -> None:
+        super().__init__("The gateway hit an internal error; it has been logged.")
+
+
+class ConfigError(InputError):
     """A configuration problem, reported before anything starts.
 
     Not a ``GatewayError``: it never reaches a client; the CLI prints it and exits 2.
@@ -172,3 +290,78 @@ class ConfigError(Exception):
         self.problems = problems
         lines = "\n".join(f"  - {p}" for p in problems)
         super().__init__(f"{source}: invalid configuration\n{lines}")
+
+
+class PipelineError(InputError):
+    """A pipeline folder that cannot be served; one problem per entry."""
+
+    def __init__(self, problems: list[str]) -> None:
+        self.problems = problems
+        super().__init__("; ".join(problems))
+
+
+class TemplateError(InputError):
+    """A template that does not compile, reads an unknown variable, or fails to render."""
+
+    def __init__(self, path: Path, line: int | None, problem: str) -> None:
+        self.path = path
+        self.line = line
+        self.problem = problem
+        where = f"{path}, line {line}" if line is not None else str(path)
+        super().__init__(f"{where}: {problem}")
+
+
+class BankError(InputError, ValueError):
+    """A bank that cannot be used; the message names the file (and line)."""
+
+
+class DataError(InputError, ValueError):
+    """Bad labelled data; the message names the file and line."""
+
+
+class ScorerError(InputError, ValueError):
+    """A scorer that cannot be built; the message says where and how to fix it."""
+
+
+class TrainingDataError(InputError, ValueError):
+    """Bad training data; the message names the file and line."""
+
+
+class AdapterProblems(InputError):
+    """An adapter folder that cannot be served; each line names the file, the key and a fix."""
+
+    def __init__(self, problems: list[str]) -> None:
+        self.problems = problems
+        super().__init__("; ".join(problems))
+
+
+class EngineStartError(RunError):
+    """vLLM did not become healthy; the message carries the tail of its log."""
+
+
+class PreparationError(RunError):
+    """Preparing a packaged model failed; the message says what failed and what to do."""
+
+
+class BuildError(RunError):
+    """The bank cannot be built as asked; the message says what to do."""
+
+
+class TrainingError(RunError):
+    """Training cannot start or did not finish; nothing was written."""
+
+
+class EvalError(RunError):
+    """A run that cannot start or go on; the message says how to fix it."""
+
+
+class BackendError(RunError):
+    """The evaluation cannot go on (the gateway is unreachable, the route is unknown)."""
+
+
+class StoreError(RunError):
+    """The database could not be reached or refused a write."""
+
+
+class StoreDataError(StoreError):
+    """The database refused the rows as data (not an outage): the same rows will fail again."""

@@ -10,7 +10,8 @@ from typer.testing import CliRunner
 
 from gateway import datasets
 from gateway.cli.main import app
-from gateway.datasets import DataError, MCItem, read_items, split_of
+from gateway.datasets import MCItem, read_items, split_of
+from gateway.errors import DataError
 
 GOOD = {"id": "q1", "question": "2+2?", "options": {"A": "3", "B": "4"}, "answer": "B"}
 

@@ -18,6 +18,8 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from gateway.errors import AdapterProblems
+
 MANIFEST = "adapter.yaml"
 PEFT_CONFIG = "adapter_config.json"
 WEIGHT_FILES = ("adapter_model.safetensors", "adapter_model.bin")
@@ -90,14 +92,6 @@ class Adapter:
     @property
     def manifest_path(self) -> Path:
         return self.folder / MANIFEST
-
-
-class AdapterProblems(Exception):
-    """An adapter folder that cannot be served; each line names the file, the key and a fix."""
-
-    def __init__(self, problems: list[str]) -> None:
-        self.problems = problems
-        super().__init__("; ".join(problems))
 
 
 def read_adapter(folder: Path) -> Adapter:

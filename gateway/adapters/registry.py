@@ -18,9 +18,9 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from gateway.adapters.manifest import Adapter, AdapterProblems, read_adapter
+from gateway.adapters.manifest import Adapter, read_adapter
 from gateway.config.schema import GatewayConfig, LiteLLMModel, VLLMModel, model_path
-from gateway.errors import InvalidRequestError, NotFoundError
+from gateway.errors import AdapterNotFoundError, AdapterProblems, InvalidAdapterError
 from gateway.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -30,22 +30,6 @@ HOME_PREFIX = "$GATEWAY_HOME"
 # vLLM's own defaults when a flag is not given (vllm/config/lora.py, 0.32.0).
 VLLM_DEFAULT_MAX_LORA_RANK = 16
 VLLM_DEFAULT_MAX_LORAS = 1
-
-
-class AdapterNotFoundError(NotFoundError):
-    default_code = "adapter_not_found"
-
-    def __init__(self, name: str) -> None:
-        super().__init__(
-            f"No adapter named '{name}' in the registry. GET /v1/adapters lists them.",
-            param="name",
-        )
-
-
-class InvalidAdapterError(InvalidRequestError):
-    """A bad adapter name, or an adapter folder that fails validation (400)."""
-
-    default_code = "invalid_adapter"
 
 
 def check_name(name: str) -> str:

@@ -26,16 +26,10 @@ from dataclasses import dataclass, field
 from typing import Literal, Protocol, runtime_checkable
 
 from gateway.adapters.manifest import Adapter
-from gateway.adapters.registry import (
-    AdapterNotFoundError,
-    AdapterRegistry,
-    InvalidAdapterError,
-    check_name,
-    lora_limits,
-)
+from gateway.adapters.registry import AdapterRegistry, check_name, lora_limits
 from gateway.engines.base import Engine
 from gateway.engines.target import Target
-from gateway.errors import ModelNotFoundError
+from gateway.errors import AdapterNotFoundError, InvalidAdapterError, ModelNotFoundError
 
 log = logging.getLogger(__name__)
 

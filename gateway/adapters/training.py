@@ -56,6 +56,7 @@ from gateway.config.schema import (
     VLLMModel,
     model_path,
 )
+from gateway.errors import TrainingError
 from gateway.settings import Settings
 
 #: every projection of a Llama-style block; vLLM serves LoRA on all of them
@@ -68,10 +69,6 @@ DEFAULT_TARGET_MODULES = (
     "up_proj",
     "down_proj",
 )
-
-
-class TrainingError(Exception):
-    """Training cannot start or did not finish; nothing was written."""
 
 
 @dataclass(frozen=True)

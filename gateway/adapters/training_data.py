@@ -22,16 +22,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from gateway.datasets import DataError, MCItem, read_items, split_of
+from gateway.datasets import MCItem, read_items, split_of
+from gateway.errors import DataError, TrainingDataError
 
 ROLES = frozenset({"system", "user", "assistant"})
 DataFormat = Literal["chat", "mc"]
 MC_INSTRUCTION = "Answer with the letter of the correct option."
 IGNORE = -100  # the label transformers leaves out of the loss
-
-
-class TrainingDataError(ValueError):
-    """Bad training data; the message names the file and line."""
 
 
 @dataclass(frozen=True)

@@ -11,10 +11,11 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Depends
 from pydantic import BaseModel
 
-from gateway.adapters.registry import AdapterNotFoundError, check_name
+from gateway.adapters.registry import check_name
 from gateway.adapters.serving import AdapterServing, AdapterState
 from gateway.api.bodies import AUTH_ERRORS, error_responses
 from gateway.api.deps import get_state
+from gateway.errors import AdapterNotFoundError
 from gateway.state import GatewayState
 
 router = APIRouter(tags=["adapters"])

@@ -10,43 +10,48 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from gateway.errors import GatewayError
+from gateway.errors import (
+    GatewayError,
+    InternalServerError,
+    InvalidRequestError,
+    UnroutedRequestError,
+    render,
+)
 
 log = logging.getLogger(__name__)
 
 
+def error_response(exc: GatewayError) -> JSONResponse:
+    """``exc`` as the client sees it: ``render``'s JSON at the error's status and headers."""
+    return JSONResponse(render(exc), status_code=exc.status_code, headers=exc.headers)
+
+
 def install_error_handlers(app: FastAPI) -> None:
-    """The one place errors become OpenAI's error JSON."""
+    """The one place errors become OpenAI's error JSON.
+
+    Errors FastAPI and Starlette raise themselves become the matching ``GatewayError`` first,
+    so that every body the app answers with goes through ``render``.
+    """
 
     @app.exception_handler(GatewayError)
     async def _gateway_error(_: Request, exc: GatewayError) -> JSONResponse:
-        return JSONResponse(exc.to_dict(), status_code=exc.status_code, headers=exc.headers)
+        return error_response(exc)
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
         first: dict[str, Any] = exc.errors()[0] if exc.errors() else {}
         param = ".".join(str(p) for p in first.get("loc", ())[1:]) or None
-        body = {
-            "message": f"Invalid request: {first.get('msg', 'bad input')}",
-            "type": "invalid_request_error",
-            "param": param,
-            "code": None,
-        }
-        return JSONResponse({"error": body}, status_code=400)
+        message = f"Invalid request: {first.get('msg', 'bad input')}"
+        return error_response(InvalidRequestError(message, param=param))
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
-        kind = "invalid_request_error" if exc.status_code < 500 else "server_error"
-        body = {"message": str(exc.detail), "type": kind, "param": None, "code": None}
-        return JSONResponse({"error": body}, status_code=exc.status_code, headers=exc.headers)
+        headers = dict(exc.headers) if exc.headers else None
+        return error_response(
+            UnroutedRequestError(exc.status_code, str(exc.detail), headers=headers)
+        )
 
     @app.exception_handler(Exception)
     async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
         log.exception("unhandled error", exc_info=exc)
-        body = {
-            "message": "The gateway hit an internal error; it has been logged.",
-            "type": "server_error",
-            "param": None,
-            "code": None,
-        }
-        return JSONResponse({"error": body}, status_code=500)
+        return error_response(InternalServerError())

@@ -10,28 +10,13 @@ from fastapi import APIRouter, Depends, Request
 
 from gateway.api.bodies import AUTH_ERRORS, error_responses, json_body, read_model
 from gateway.api.deps import get_state
-from gateway.errors import GatewayError, InvalidRequestError, NotFoundError
-from gateway.events.stores import StoreError
+from gateway.errors import InvalidRequestError, NotFoundError, StoreError, StoreUnavailableError
 from gateway.experiments.analysis import analyse
 from gateway.protocol import PromoteRequest
 from gateway.routing.assignment import Route
 from gateway.state import GatewayState
 
 router = APIRouter()
-
-
-class StoreUnavailableError(GatewayError):
-    """The event database cannot be read or written now (503): retry later."""
-
-    status_code = 503
-    error_type = "api_error"
-    default_code = "store_unavailable"
-
-    def __init__(self, exc: StoreError) -> None:
-        super().__init__(
-            f"The event database is unavailable: {exc}. Retry later.",
-            headers={"Retry-After": "5"},
-        )
 
 
 def _route(state: GatewayState, name: str) -> Route:
@@ -51,7 +36,9 @@ async def get_experiment(
         events = await asyncio.to_thread(state.events.store.events, name)
         feedback = await asyncio.to_thread(state.events.store.feedback, name)
     except StoreError as exc:
-        raise StoreUnavailableError(exc) from exc
+        raise StoreUnavailableError(
+            f"The event database is unavailable: {exc}. Retry later."
+        ) from exc
     promoted = route.promoted.name if route.promoted else None
     return analyse(name, route.spec, events, feedback, promoted=promoted)
 
@@ -75,6 +62,8 @@ async def promote(
     try:
         await asyncio.to_thread(state.events.store.set_override, name, body.variant, time.time())
     except StoreError as exc:
-        raise StoreUnavailableError(exc) from exc
+        raise StoreUnavailableError(
+            f"The event database is unavailable: {exc}. Retry later."
+        ) from exc
     route.promoted = route.variants[body.variant]
     return {"route": name, "promoted": body.variant, "share": route.share()}

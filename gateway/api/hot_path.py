@@ -10,10 +10,10 @@ error mapping.
 from __future__ import annotations
 
 from starlette.requests import Request
-from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from gateway.api.chat import create_chat_completion
+from gateway.api.errors import error_response
 from gateway.errors import GatewayError
 
 PATH = "/v1/chat/completions"
@@ -31,5 +31,5 @@ class ChatHotPath:
             response = await create_chat_completion(Request(scope, receive))
         except GatewayError as exc:
             # Other exceptions reach Starlette's ServerErrorMiddleware and the app's handler.
-            response = JSONResponse(exc.to_dict(), status_code=exc.status_code, headers=exc.headers)
+            response = error_response(exc)
         await response(scope, receive, send)

@@ -8,22 +8,17 @@ from typing import Annotated, Any
 import httpx
 import typer
 import yaml
-from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
 from gateway.adapters.registry import AdapterRegistry
-from gateway.config.loader import load_config
-from gateway.config.schema import GatewayConfig
-from gateway.errors import ConfigError, GatewayError
+from gateway.cli.common import console, err, fail, load_config_or_exit
 from gateway.settings import Settings
 
 adapters_app = typer.Typer(
     help="LoRA adapters: list, show, train; load and unload on a running gateway.",
     no_args_is_help=True,
 )
-console = Console()
-err = Console(stderr=True)
 
 DEFAULT_URL = "http://127.0.0.1:8080"
 ConfigOption = Annotated[
@@ -32,22 +27,9 @@ ConfigOption = Annotated[
 UrlOption = Annotated[str, typer.Option("--url", help="The running gateway.")]
 
 
-def _config(path: Path | None) -> GatewayConfig:
-    # Phase 1 only: one broken adapter must not stop listing or training the others.
-    try:
-        return load_config(path or Settings().config)
-    except ConfigError as exc:
-        _error(str(exc))
-        raise typer.Exit(2) from None
-
-
-def _error(message: str) -> None:
-    # Messages quote names and patterns such as [a-z0-9]: never read them as rich markup.
-    err.print("[red]error:[/red]", escape(message), highlight=False)
-
-
 def _registry(config: Path | None) -> AdapterRegistry:
-    registry = AdapterRegistry(_config(config), Settings())
+    # Phase 1 only (no resolve): one broken adapter must not stop listing the others.
+    registry = AdapterRegistry(load_config_or_exit(config), Settings())
     for problem in registry.scan():
         err.print("[yellow]problem:[/yellow]", escape(problem), highlight=False)
     return registry
@@ -80,12 +62,7 @@ def show(
     config: ConfigOption = None,
 ) -> None:
     """An adapter's manifest and where its files are."""
-    registry = AdapterRegistry(_config(config), Settings())
-    try:
-        adapter = registry.refresh(name)
-    except GatewayError as exc:
-        _error(exc.message)
-        raise typer.Exit(1) from None
+    adapter = AdapterRegistry(load_config_or_exit(config), Settings()).refresh(name)
     console.print(f"# {adapter.manifest_path}\n# weights: {adapter.weights_dir}", markup=False)
     console.print(
         yaml.safe_dump(adapter.manifest.model_dump(mode="json"), sort_keys=False),
@@ -116,16 +93,14 @@ def _call(method: str, url: str, path: str) -> dict[str, Any]:
     try:
         resp = httpx.request(method, url.rstrip("/") + _quote_path(path), timeout=600)
     except httpx.HTTPError as exc:
-        _error(f"cannot reach the gateway at {url}: {exc}")
-        raise typer.Exit(1) from None
+        fail(f"cannot reach the gateway at {url}: {exc}", 1)
     try:
         body: dict[str, Any] = resp.json()
     except ValueError:
         body = {}
     if resp.status_code != 200:
         message = body.get("error", {}).get("message") if isinstance(body, dict) else None
-        _error(f"HTTP {resp.status_code}: {message or resp.text[:300]}")
-        raise typer.Exit(1)
+        fail(f"HTTP {resp.status_code}: {message or resp.text[:300]}", 1)
     return body
 
 
@@ -161,10 +136,8 @@ def train(
     config: ConfigOption = None,
 ) -> None:
     """Train a LoRA adapter with peft and write it with its manifest."""
-    from gateway.adapters.training import TrainingError, TrainOptions
+    from gateway.adapters.training import TrainOptions
     from gateway.adapters.training import train as run_training
-    from gateway.adapters.training_data import TrainingDataError
-    from gateway.engines.packaged import PreparationError
 
     options = TrainOptions(
         base=base,
@@ -184,15 +157,9 @@ def train(
         config=str(config) if config else None,
         threads=threads,
     )
-    cfg = _config(config)
-    try:
-        result = run_training(options, cfg, Settings(), err)
-    except TrainingDataError as exc:
-        _error(str(exc))
-        raise typer.Exit(2) from None
-    except (TrainingError, PreparationError) as exc:
-        _error(str(exc))
-        raise typer.Exit(1) from None
+    # Phase 1 only: training one adapter must not wait for the others to be valid. Bad data
+    # exits 2, a failed run 1 (their classes say so; the root command prints them).
+    result = run_training(options, load_config_or_exit(config), Settings(), err)
     size = sum(p.stat().st_size for p in result.out.iterdir()) / 1e6
     record = result.manifest.training
     assert record is not None

@@ -8,19 +8,16 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, NoReturn
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
-from rich.console import Console
-from rich.markup import escape
 
+from gateway.cli.common import console, err, fail, print_error
 from gateway.settings import Settings
 
 if TYPE_CHECKING:
     from gateway.evaluation.run import RunPlan
 
-console = Console()
-err = Console(stderr=True)
 INTERRUPTED = 130
 
 
@@ -58,25 +55,15 @@ def eval_command(
     Resumable: the same command continues where an interrupted run stopped.
     """
     from gateway.cli.eval_session import EvalSession
-    from gateway.datasets import DataError
-    from gateway.engines.packaged import PreparationError
-    from gateway.engines.supervisor import EngineStartError
-    from gateway.errors import ConfigError, GatewayError
-    from gateway.evaluation.backends import BackendError
+    from gateway.errors import SwitchboardError
     from gateway.evaluation.data import read_eval_data
-    from gateway.evaluation.run import EvalError
-    from gateway.evaluation.scoring import ScorerError, parse_cli
-    from gateway.events.stores import StoreError
+    from gateway.evaluation.scoring import parse_cli
 
     if split not in ("heldout", "all"):
-        _fail(f"--split is '{split}'; use heldout or all", 2)
-    try:
-        spec = parse_cli(scorer) if scorer else None
-        dataset, spec = read_eval_data(
-            data, split="all" if split == "all" else "heldout", scorer=spec
-        )
-    except (DataError, ScorerError) as exc:
-        _fail(str(exc), 2)
+        fail(f"--split is '{split}'; use heldout or all")
+    # A bad --scorer or data file (ScorerError, DataError) exits 2 through the root command.
+    spec = parse_cli(scorer) if scorer else None
+    dataset, spec = read_eval_data(data, split="all" if split == "all" else "heldout", scorer=spec)
     wanted = [v.strip() for v in variants.split(",") if v.strip()] if variants else None
     folder = out or Settings().home / "evals" / f"{route}-{data.stem}"
     if dataset.skipped_train:
@@ -87,17 +74,16 @@ def eval_command(
     session = EvalSession(
         folder, route, wanted, dataset, spec, limit=limit, concurrency=concurrency, console=console
     )
-    # What stops a run with a message rather than a traceback: bad settings, an engine or a
-    # gateway that cannot be reached, a model that cannot be prepared.
-    expected = (EvalError, BackendError, ConfigError, EngineStartError, PreparationError)
     code = 0
     try:
         asyncio.run(session.main(config, url))
     except KeyboardInterrupt:
         code = INTERRUPTED
         err.print("[yellow]interrupted:[/yellow] finished items are kept; rerun to continue.")
-    except (*expected, GatewayError, StoreError) as exc:
-        err.print(f"[red]error:[/red] {escape(str(exc))}", highlight=False, soft_wrap=True)
+    except SwitchboardError as exc:
+        # Caught here, not by the root command: a run that has begun still writes its report.
+        # Before the plan the invocation was wrong (an unknown route, an unreachable gateway).
+        print_error(str(exc))
         code = 1 if session.plan is not None else 2
     if session.plan is None:
         raise typer.Exit(code or 1)
@@ -120,8 +106,3 @@ def _report(plan: RunPlan) -> dict[str, Any]:
         console.print(f"[yellow]{errors} calls failed[/yellow]; a rerun tries them again.")
     console.print(f"wrote {json_path} and {html_path}")
     return summary
-
-
-def _fail(message: str, code: int) -> NoReturn:
-    err.print(f"[red]error:[/red] {escape(message)}", highlight=False, soft_wrap=True)
-    raise typer.Exit(code)

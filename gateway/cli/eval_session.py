@@ -24,6 +24,7 @@ from rich.progress import (
 from gateway.app import create_app
 from gateway.config.loader import load_config
 from gateway.config.schema import GatewayConfig
+from gateway.errors import EvalError
 from gateway.evaluation.backends import (
     Backend,
     HttpBackend,
@@ -32,15 +33,7 @@ from gateway.evaluation.backends import (
     variant_infos,
 )
 from gateway.evaluation.data import EvalData
-from gateway.evaluation.run import (
-    EvalError,
-    RunPlan,
-    choose_variants,
-    load_results,
-    pending,
-    plan_run,
-    run,
-)
+from gateway.evaluation.run import RunPlan, choose_variants, load_results, pending, plan_run, run
 from gateway.evaluation.scoring import ScorerSpec
 from gateway.settings import Settings
 

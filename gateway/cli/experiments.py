@@ -10,29 +10,17 @@ import httpx
 import typer
 from rich.console import Console
 
-from gateway.config.loader import load_config
-from gateway.config.schema import GatewayConfig
-from gateway.errors import ConfigError
-from gateway.events.stores import StoreError, open_store
+from gateway.cli.common import console, fail, load_config_or_exit
+from gateway.events.stores import open_store
 from gateway.experiments.analysis import analyse
 from gateway.experiments.report import print_table, to_html
 from gateway.settings import Settings
 
 experiments_app = typer.Typer(help="Manage routes' experiments.", no_args_is_help=True)
-console = Console()
-err = Console(stderr=True)
 
 ConfigOption = Annotated[
     Path | None, typer.Option("--config", "-c", help="gateway.yaml; default: the embedded one.")
 ]
-
-
-def _config(path: Path | None) -> GatewayConfig:
-    try:
-        return load_config(path or Settings().config)
-    except ConfigError as exc:
-        err.print(f"[red]error:[/red] {exc}", highlight=False)
-        raise typer.Exit(2) from None
 
 
 def report(
@@ -43,30 +31,20 @@ def report(
 ) -> None:
     """Per-variant results with 95% intervals, differences, p-values and a verdict."""
     if format not in ("table", "json", "html"):
-        err.print(f"[red]error:[/red] --format is '{format}'; use table, json or html")
-        raise typer.Exit(2)
-    cfg = _config(config)
+        fail(f"--format is '{format}'; use table, json or html")
+    cfg = load_config_or_exit(config)
     names = [route] if route else list(cfg.routes)
     for name in names:
         if name not in cfg.routes:
-            err.print(
-                f"[red]error:[/red] no route '{name}' in the config; "
-                f"routes: {', '.join(cfg.routes) or 'none'}"
-            )
-            raise typer.Exit(2)
-    try:
-        store = open_store(cfg.events.url, Settings().home / "events.db")
-        promotions = store.overrides()
-        reports = [
-            analyse(
-                n, cfg.routes[n], store.events(n), store.feedback(n), promoted=promotions.get(n)
-            )
-            for n in names
-        ]
-        store.close()
-    except StoreError as exc:
-        err.print(f"[red]error:[/red] {exc}", highlight=False)
-        raise typer.Exit(1) from None
+            fail(f"no route '{name}' in the config; routes: {', '.join(cfg.routes) or 'none'}")
+    # A StoreError (the database is down) exits 1 through the root command.
+    store = open_store(cfg.events.url, Settings().home / "events.db")
+    promotions = store.overrides()
+    reports = [
+        analyse(n, cfg.routes[n], store.events(n), store.feedback(n), promoted=promotions.get(n))
+        for n in names
+    ]
+    store.close()
     _emit(reports, format, out)
 
 
@@ -97,9 +75,7 @@ def promote(
     try:
         resp = httpx.post(f"{url}/v1/experiments/{route}/promote", json={"variant": variant})
     except httpx.HTTPError as exc:
-        err.print(f"[red]error:[/red] cannot reach the gateway at {url}: {exc}")
-        raise typer.Exit(1) from None
+        fail(f"cannot reach the gateway at {url}: {exc}", 1)
     if resp.status_code != 200:
-        err.print(f"[red]error:[/red] {resp.json().get('error', {}).get('message', resp.text)}")
-        raise typer.Exit(1)
+        fail(resp.json().get("error", {}).get("message", resp.text), 1)
     console.print(f"route {route}: all traffic now goes to '{variant}'")

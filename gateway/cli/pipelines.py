@@ -9,7 +9,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
-from rich.console import Console
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -19,12 +18,11 @@ from rich.progress import (
     TimeElapsedColumn,
 )
 
-from gateway.config.loader import load_config
-from gateway.config.schema import GatewayConfig
-from gateway.errors import ConfigError
+from gateway.cli.common import console, err, fail, load_config_or_exit
 from gateway.settings import Settings
 
 if TYPE_CHECKING:
+    from gateway.config.schema import GatewayConfig
     from gateway.datasets import MCItem
     from gateway.engines.base import Engine
     from gateway.pipelines.exemplars import Attempt
@@ -35,21 +33,10 @@ exemplars_app = typer.Typer(
     help="Build exemplar banks for few-shot pipelines.", no_args_is_help=True
 )
 
-err = Console(stderr=True)
-console = Console()
-
 ConfigOption = Annotated[
     Path | None,
     typer.Option("--config", "-c", help="gateway.yaml to use; default: the embedded default."),
 ]
-
-
-def _config(path: Path | None) -> GatewayConfig:
-    try:
-        return load_config(path or Settings().config)
-    except ConfigError as exc:
-        err.print(f"[red]error:[/red] {exc}", highlight=False)
-        raise typer.Exit(2) from None
 
 
 @pipelines_app.command("list")
@@ -57,12 +44,7 @@ def pipelines_list(config: ConfigOption = None) -> None:
     """The pipelines a config serves, with their steps."""
     from gateway.pipelines.loader import load_pipelines
 
-    cfg = _config(config)
-    try:
-        pipelines = load_pipelines(cfg)
-    except ConfigError as exc:
-        err.print(f"[red]error:[/red] {exc}", highlight=False)
-        raise typer.Exit(2) from None
+    pipelines = load_pipelines(load_config_or_exit(config))
     for name, pipeline in sorted(pipelines.items()):
         spec = pipeline.spec
         steps = ["parse"] if spec.parse and spec.render else []
@@ -99,35 +81,24 @@ def exemplars_build(
     """Self-generated chain of thought: keep the model's reasoning where it reaches the gold."""
     from gateway import datasets
     from gateway.pipelines import exemplars
-    from gateway.pipelines.loader import PipelineError, discover, load_pipeline
+    from gateway.pipelines.loader import discover, load_pipeline
     from gateway.pipelines.retrieval import SentenceTransformerEmbedder
 
     started = time.monotonic()
     # Not resolved (phase 1 only): phase 2 would refuse the config for the very bank this
     # command builds.
-    cfg = _config(config)
+    cfg = load_config_or_exit(config)
     folder = discover(cfg).get(pipeline)
     if folder is None:
-        err.print(f"[red]error:[/red] no pipeline '{pipeline}' (see `gateway pipelines list`)")
-        raise typer.Exit(2)
-    try:
-        spec = load_pipeline(pipeline, folder, with_bank=False)
-    except PipelineError as exc:
-        err.print(f"[red]error:[/red] {exc}", highlight=False)
-        raise typer.Exit(2) from None
+        fail(f"no pipeline '{pipeline}' (see `gateway pipelines list`)")
+    spec = load_pipeline(pipeline, folder, with_bank=False)
     if spec.spec.retrieve is None or spec.spec.render is None:
-        err.print(f"[red]error:[/red] the pipeline '{pipeline}' does not retrieve exemplars")
-        raise typer.Exit(2)
-    try:
-        items, skipped = exemplars.training_items(datasets.read_items(data), limit)
-    except datasets.DataError as exc:
-        err.print(f"[red]error:[/red] {exc}", highlight=False)
-        raise typer.Exit(1) from None
+        fail(f"the pipeline '{pipeline}' does not retrieve exemplars")
+    items, skipped = exemplars.training_items(datasets.read_items(data), limit)
     if skipped:
         err.print(f"skipping {skipped} held-out items: exemplar banks take training items only")
     if not items:
-        err.print(f"[red]error:[/red] {data} has no training items")
-        raise typer.Exit(1)
+        fail(f"{data} has no training items", 1)
 
     with Progress(
         SpinnerColumn(),
@@ -151,8 +122,7 @@ def exemplars_build(
         )
     failed = [a for a in attempts if a.error is not None]
     if failed and len(failed) == len(attempts):
-        err.print(f"[red]error:[/red] every request failed, e.g.: {failed[0].error}")
-        raise typer.Exit(1)
+        fail(f"every request failed, e.g.: {failed[0].error}", 1)
     meta = exemplars.build_meta(
         pipeline=pipeline,
         model=model,
@@ -164,13 +134,9 @@ def exemplars_build(
         started=started,
     )
     with err.status("embedding the kept questions"):
-        try:
-            jsonl, npy, count = exemplars.write(
-                spec, attempts, SentenceTransformerEmbedder(), meta=meta
-            )
-        except exemplars.BuildError as exc:
-            err.print(f"[red]error:[/red] {exc}", highlight=False)
-            raise typer.Exit(1) from None
+        jsonl, npy, count = exemplars.write(
+            spec, attempts, SentenceTransformerEmbedder(), meta=meta
+        )
     answered = sum(a.letter is not None for a in attempts)
     console.print(
         f"kept {count} of {len(items)} training questions ({answered} answered with a letter, "
@@ -201,11 +167,10 @@ async def _generate(
     else:
         spec = cfg.models.get(model)
         if spec is None:
-            err.print(
-                f"[red]error:[/red] '{model}' is not a model of the config "
-                f"({', '.join(cfg.models)}); for an adapter or a route, pass --url of a gateway"
+            fail(
+                f"'{model}' is not a model of the config ({', '.join(cfg.models)}); "
+                "for an adapter or a route, pass --url of a gateway"
             )
-            raise typer.Exit(2)
         settings = Settings()
         await asyncio.to_thread(prepare_packaged_models, cfg, settings)
         engine = build_engine(model, spec, settings, cfg.base_dir)

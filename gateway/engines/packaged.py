@@ -31,6 +31,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from gateway.errors import PreparationError
+
 if TYPE_CHECKING:
     from rich.console import Console
     from rich.progress import Progress
@@ -63,10 +65,6 @@ PACKAGED_MODELS: dict[str, PackagedModel] = {
         gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf",
     ),
 }
-
-
-class PreparationError(Exception):
-    """Preparing a packaged model failed; the message says what failed and what to do."""
 
 
 def packaged_model_dir(models_dir: Path, name: str) -> Path:

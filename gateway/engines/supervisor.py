@@ -24,6 +24,7 @@ from pathlib import Path
 import httpx
 
 from gateway.engines.base import EngineState
+from gateway.errors import EngineStartError
 
 log = logging.getLogger(__name__)
 
@@ -31,10 +32,6 @@ LOOPBACK = "127.0.0.1"
 _PR_SET_PDEATHSIG = 1
 _STOP_GRACE_S = 15.0
 _STABLE_AFTER_S = 120.0
-
-
-class EngineStartError(Exception):
-    """vLLM did not become healthy; the message carries the tail of its log."""
 
 
 def free_port() -> int:

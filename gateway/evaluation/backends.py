@@ -16,7 +16,7 @@ import httpx
 
 from gateway.admission.limits import check_limits, validate_request
 from gateway.config.schema import RouteSpec
-from gateway.errors import GatewayError, NotFoundError
+from gateway.errors import BackendError, GatewayError, NotFoundError
 from gateway.events.log import EventLog
 from gateway.events.schema import FeedbackRow
 from gateway.experiments.analysis import OFFLINE_METRIC
@@ -25,10 +25,6 @@ from gateway.state import GatewayState
 
 #: the longest reply kept in a result record (the rest is cut; the event log has the figures)
 MAX_REPLY_CHARS = 4000
-
-
-class BackendError(Exception):
-    """The evaluation cannot go on (the gateway is unreachable, the route is unknown)."""
 
 
 @dataclass(frozen=True)

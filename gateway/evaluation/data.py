@@ -23,8 +23,9 @@ from pathlib import Path
 from typing import Any, Literal
 
 from gateway.adapters.training_data import mc_prompt
-from gateway.datasets import DataError, parse_item, split_of
-from gateway.evaluation.scoring import ScorerError, ScorerSpec, check_expected, from_header
+from gateway.datasets import parse_item, split_of
+from gateway.errors import DataError, ScorerError
+from gateway.evaluation.scoring import ScorerSpec, check_expected, from_header
 
 SplitChoice = Literal["heldout", "all"]
 _ROLES = frozenset({"system", "developer", "user", "assistant"})

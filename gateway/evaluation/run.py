@@ -26,16 +26,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
+from gateway.errors import EvalError
 from gateway.evaluation.backends import Backend, Outcome, VariantInfo
 from gateway.evaluation.data import EvalData, EvalItem
 from gateway.evaluation.scoring import ScorerSpec, score
 
 MANIFEST = "run.json"
 RESULTS = "results"
-
-
-class EvalError(Exception):
-    """A run that cannot start or go on; the message says how to fix it."""
 
 
 @dataclass(frozen=True)

@@ -23,6 +23,7 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
+from gateway.errors import ScorerError
 from gateway.pipelines.answers import extract_answer
 
 ScorerKind = Literal["mc", "exact", "regex", "json", "numeric"]
@@ -30,10 +31,6 @@ KINDS: tuple[ScorerKind, ...] = ("mc", "exact", "regex", "json", "numeric")
 _HEADER_KEYS = frozenset({"scorer", "pattern", "field", "tolerance", "case_sensitive"})
 _NUMBER = re.compile(r"[-+]?(?:\d[\d,]*(?:\.\d*)?|\.\d+)(?:[eE][-+]?\d+)?")
 _FENCE = re.compile(r"```(?:json)?\s*(.*?)```", re.DOTALL)
-
-
-class ScorerError(ValueError):
-    """A scorer that cannot be built; the message says where and how to fix it."""
 
 
 @dataclass(frozen=True)

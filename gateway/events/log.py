@@ -28,8 +28,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Generic, TypeVar
 
+from gateway.errors import StoreDataError, StoreError
 from gateway.events.schema import FeedbackRow, InferenceEvent, as_dict, from_dict
-from gateway.events.stores import Store, StoreDataError, StoreError
+from gateway.events.stores import Store
 
 log = logging.getLogger(__name__)
 

@@ -22,6 +22,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
+from gateway.errors import StoreDataError, StoreError
 from gateway.events.schema import (
     FeedbackRow,
     InferenceEvent,
@@ -54,14 +55,6 @@ SCHEMA = [
     "CREATE TABLE IF NOT EXISTS route_overrides (route TEXT PRIMARY KEY, variant TEXT NOT NULL, "
     "ts DOUBLE PRECISION NOT NULL)",
 ]
-
-
-class StoreError(Exception):
-    """The database could not be reached or refused a write."""
-
-
-class StoreDataError(StoreError):
-    """The database refused the rows as data (not an outage): the same rows will fail again."""
 
 
 # Errors that concern the rows written, not the database: a constraint or a value it refuses,

@@ -19,17 +19,14 @@ from typing import Any
 
 import numpy as np
 
-from gateway.datasets import DataError, parse_item, split_of
+from gateway.datasets import parse_item, split_of
+from gateway.errors import BankError, DataError
 from gateway.pipelines.retrieval import (
     BruteForceIndex,
     VectorIndex,
     Vectors,
     question_key,
 )
-
-
-class BankError(ValueError):
-    """A bank that cannot be used; the message names the file (and line)."""
 
 
 @dataclass(frozen=True)

@@ -22,17 +22,13 @@ from typing import Any
 
 from gateway.datasets import MCItem
 from gateway.engines.target import Target
-from gateway.errors import GatewayError
+from gateway.errors import BuildError, GatewayError
 from gateway.pipelines import prompt
 from gateway.pipelines.answers import extract_answer
 from gateway.pipelines.bank import Exemplar, write_bank
 from gateway.pipelines.loader import Pipeline
 from gateway.pipelines.responses import content_of
 from gateway.pipelines.retrieval import Embedder
-
-
-class BuildError(Exception):
-    """The bank cannot be built as asked; the message says what to do."""
 
 
 @dataclass

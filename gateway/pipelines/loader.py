@@ -17,16 +17,11 @@ import yaml
 from pydantic import ValidationError
 
 from gateway.config.schema import GatewayConfig
-from gateway.errors import ConfigError
-from gateway.pipelines.bank import BankError, ExemplarBank, load_bank
+from gateway.errors import BankError, ConfigError, PipelineError, TemplateError
+from gateway.pipelines.bank import ExemplarBank, load_bank
 from gateway.pipelines.retrieval import EMBEDDER_REQUIREMENT, EMBEDDING_DIM, embedder_available
 from gateway.pipelines.spec import PipelineSpec
-from gateway.pipelines.templates import (
-    CompiledTemplate,
-    TemplateError,
-    compile_template,
-    environment,
-)
+from gateway.pipelines.templates import CompiledTemplate, compile_template, environment
 
 PIPELINE_FILE = "pipeline.yaml"
 PIPELINE_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
@@ -70,12 +65,6 @@ class Pipeline:
 
     def template(self, role: str) -> CompiledTemplate | None:
         return self.templates.get(role)
-
-
-class PipelineError(Exception):
-    def __init__(self, problems: list[str]) -> None:
-        self.problems = problems
-        super().__init__("; ".join(problems))
 
 
 def builtin_plain() -> Pipeline:

@@ -17,7 +17,7 @@ from typing import Any, TypeVar
 
 from gateway.config.schema import GatewayConfig
 from gateway.engines.target import Target
-from gateway.errors import GatewayError, InvalidRequestError, NotFoundError
+from gateway.errors import GatewayError, InvalidRequestError, NotFoundError, TemplateError
 from gateway.pipelines import prompt
 from gateway.pipelines.answers import Extraction, extract_answer, reletter, rewrite_letter
 from gateway.pipelines.bank import Exemplar
@@ -38,7 +38,6 @@ from gateway.pipelines.retrieval import (
     nearest,
     question_key,
 )
-from gateway.pipelines.templates import TemplateError
 from gateway.protocol import ChatCompletionRequest
 
 log = logging.getLogger(__name__)

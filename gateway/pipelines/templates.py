@@ -22,16 +22,7 @@ import jinja2
 from jinja2 import nodes
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
-
-class TemplateError(Exception):
-    """A template that does not compile, reads an unknown variable, or fails to render."""
-
-    def __init__(self, path: Path, line: int | None, problem: str) -> None:
-        self.path = path
-        self.line = line
-        self.problem = problem
-        where = f"{path}, line {line}" if line is not None else str(path)
-        super().__init__(f"{where}: {problem}")
+from gateway.errors import TemplateError
 
 
 @dataclass(frozen=True)

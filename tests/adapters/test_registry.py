@@ -6,11 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from gateway.adapters.manifest import AdapterProblems, read_adapter
+from gateway.adapters.manifest import read_adapter
 from gateway.adapters.registry import (
-    AdapterNotFoundError,
     AdapterRegistry,
-    InvalidAdapterError,
     check_name,
     config_problems,
     lora_limits,
@@ -18,7 +16,7 @@ from gateway.adapters.registry import (
 )
 from gateway.config.loader import load_config, parse_config
 from gateway.config.schema import GatewayConfig
-from gateway.errors import ConfigError
+from gateway.errors import AdapterNotFoundError, AdapterProblems, ConfigError, InvalidAdapterError
 from gateway.resolve import resolve
 from gateway.settings import Settings
 from tests.support.adapter_fakes import make_adapter

@@ -11,18 +11,11 @@ import pytest
 from typer.testing import CliRunner
 
 from gateway.adapters.manifest import AdapterManifest, write_adapter
-from gateway.adapters.training import (
-    TrainingError,
-    TrainOptions,
-    check_options,
-    cpu_threads,
-    resolve_base,
-)
+from gateway.adapters.training import TrainOptions, check_options, cpu_threads, resolve_base
 from gateway.adapters.training_data import (
     IGNORE,
     Conversation,
     Encoded,
-    TrainingDataError,
     encode,
     mc_prompt,
     micro_batches,
@@ -33,6 +26,7 @@ from gateway.adapters.training_data import (
 from gateway.cli.main import app
 from gateway.config.loader import load_config
 from gateway.datasets import MCItem, split_of, write_items
+from gateway.errors import TrainingDataError, TrainingError
 from gateway.settings import Settings
 
 GOOD = {

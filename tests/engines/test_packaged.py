@@ -16,11 +16,11 @@ from gateway.engines.packaged import (
     MARKER_NAME,
     PACKAGED_MODELS,
     PackagedModel,
-    PreparationError,
     is_prepared,
     packaged_model_dir,
     prepare_model,
 )
+from gateway.errors import PreparationError
 
 NAME = "smollm2-135m-instruct"
 

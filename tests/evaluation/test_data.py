@@ -10,7 +10,8 @@ import pytest
 from typer.testing import CliRunner
 
 from gateway.cli.main import app
-from gateway.datasets import DataError, split_of
+from gateway.datasets import split_of
+from gateway.errors import DataError
 from gateway.evaluation.data import read_eval_data
 from gateway.evaluation.scoring import ScorerSpec
 

@@ -22,11 +22,11 @@ from gateway.app import create_app
 from gateway.cli.main import app as app_cli
 from gateway.config.loader import parse_config
 from gateway.engines.supervisor import free_port
-from gateway.errors import EngineUnavailableError
+from gateway.errors import EngineUnavailableError, EvalError
 from gateway.evaluation.backends import HttpBackend, InProcessBackend
 from gateway.evaluation.data import EvalData, read_eval_data
 from gateway.evaluation.report import summarise, write_reports
-from gateway.evaluation.run import EvalError, load_results, plan_run, results_path, run
+from gateway.evaluation.run import load_results, plan_run, results_path, run
 from gateway.evaluation.scoring import ScorerSpec
 from gateway.settings import Settings
 from tests.evaluation.test_data import ids, mc, write

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from gateway.evaluation.scoring import ScorerError, ScorerSpec, from_header, parse_cli, score
+from gateway.errors import ScorerError
+from gateway.evaluation.scoring import ScorerSpec, from_header, parse_cli, score
 
 OPTIONS = {"A": "Atrophy", "B": "Hyperplasia", "C": "Metaplasia", "D": "Dysplasia"}
 

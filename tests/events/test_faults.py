@@ -23,9 +23,10 @@ from typing import Any
 
 import pytest
 
+from gateway.errors import StoreDataError, StoreError
 from gateway.events.log import EventLog
 from gateway.events.schema import FeedbackRow, InferenceEvent, as_dict
-from gateway.events.stores import PostgresStore, SQLiteStore, StoreDataError, StoreError
+from gateway.events.stores import PostgresStore, SQLiteStore
 from tests.support.postgres import PostgresServer
 
 N = 150  # more rows than the last page of a full database holds

@@ -10,9 +10,10 @@ from typing import Any
 
 import pytest
 
+from gateway.errors import StoreError
 from gateway.events.log import EventLog
 from gateway.events.schema import FeedbackRow, InferenceEvent
-from gateway.events.stores import SQLiteStore, StoreError
+from gateway.events.stores import SQLiteStore
 
 
 def event(i: int) -> InferenceEvent:

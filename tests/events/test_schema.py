@@ -11,9 +11,10 @@ from pathlib import Path
 
 import pytest
 
+from gateway.errors import StoreError
 from gateway.events.log import EventLog
 from gateway.events.schema import FeedbackRow, InferenceEvent, as_dict
-from gateway.events.stores import SQLiteStore, StoreError
+from gateway.events.stores import SQLiteStore
 
 
 def table_columns(path: Path, table: str) -> list[tuple[str, str, bool]]:

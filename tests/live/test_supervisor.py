@@ -12,7 +12,8 @@ import httpx
 import openai
 import pytest
 
-from gateway.engines.supervisor import EngineStartError, VLLMSupervisor, _group_alive
+from gateway.engines.supervisor import VLLMSupervisor, _group_alive
+from gateway.errors import EngineStartError
 from tests.conftest import RunningGateway
 
 pytestmark = pytest.mark.slow

@@ -8,9 +8,9 @@ import pytest
 
 from gateway.config.loader import load_config, parse_config
 from gateway.datasets import split_of
-from gateway.errors import ConfigError
+from gateway.errors import ConfigError, PipelineError
 from gateway.pipelines import prompt
-from gateway.pipelines.loader import PipelineError, load_pipeline, load_pipelines
+from gateway.pipelines.loader import load_pipeline, load_pipelines
 from gateway.resolve import resolve
 from gateway.settings import Settings
 
