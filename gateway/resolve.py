@@ -48,6 +48,7 @@ def resolve(config: GatewayConfig, settings: Settings) -> Resolved:
         pipeline_names = set(pipelines)
     targets = set(config.models) | {adapter.name for adapter in registry.all()}
     problems += route_problems(config, targets, pipeline_names)
+    problems += alias_problems(config, targets)
     if problems:
         raise ConfigError(config.source, problems)
     return Resolved(config, registry, pipelines)
@@ -90,6 +91,24 @@ def key_problems(config: GatewayConfig) -> list[str]:
         for i, spec in enumerate(config.auth.keys)
         if spec.env and not os.environ.get(spec.env)
     ]
+
+
+def alias_problems(config: GatewayConfig, targets: Iterable[str]) -> list[str]:
+    """Aliases: each names a model, adapter or route, and is not itself one of them."""
+    callable_names = set(targets) | set(config.routes)
+    problems = []
+    for alias, name in config.aliases.items():
+        if alias in callable_names:
+            problems.append(
+                f"aliases.{alias}: already the name of a model, adapter or route. "
+                "Fix: remove the alias or rename it."
+            )
+        if name not in callable_names:
+            problems.append(
+                f"aliases.{alias}: '{name}' is not a model, adapter or route. "
+                f"Fix: use one of {', '.join(sorted(callable_names))}."
+            )
+    return problems
 
 
 def route_problems(

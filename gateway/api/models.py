@@ -70,6 +70,12 @@ def _cards(state: GatewayState) -> dict[str, ServedModelCard]:
             created=created,
             switchboard={"kind": "route", "variants": variants, "promoted": promoted},
         )
+    for alias, name in state.config.aliases.items():
+        if name in cards:
+            card = cards[name].model_copy(deep=True)
+            card.id = alias
+            card.switchboard = {**(card.switchboard or {}), "alias_of": name}
+            cards[alias] = card
     return cards
 
 

@@ -336,6 +336,10 @@ class GatewayConfig(_Spec):
     events: EventsSpec = Field(default_factory=EventsSpec)
     adapters: AdaptersSpec = Field(default_factory=AdaptersSpec)
     pipelines: PipelinesSpec = Field(default_factory=PipelinesSpec)
+    aliases: dict[str, str] = Field(
+        default_factory=dict,
+        description="another public name for a model, adapter or route (e.g. gpt-4o-mini)",
+    )
 
     @model_validator(mode="after")
     def _route_names_are_free(self) -> GatewayConfig:
@@ -359,7 +363,7 @@ class GatewayConfig(_Spec):
     def source(self) -> str:
         return self._source
 
-    @field_validator("models")
+    @field_validator("models", "aliases")
     @classmethod
     def _model_ids(cls, models: dict[str, Any]) -> dict[str, Any]:
         for name in models:

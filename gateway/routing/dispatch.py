@@ -69,11 +69,14 @@ class Dispatcher:
     # -- planning -------------------------------------------------------------------------------
 
     def plan(self, chat: ChatCompletionRequest, headers: Mapping[str, str]) -> Assignment:
-        route = self.router.get(chat.model)
+        # An alias is another name for what it names: clients hard-coded to a provider's model
+        # names reach a route or a model here unchanged.
+        name = self.config.aliases.get(chat.model, chat.model)
+        route = self.router.get(name)
         requested = _requested_pipeline(chat)
         if route is None:
-            self.targets.resolve(chat.model)  # 404 for an unknown name, before anything runs
-            variant = Variant("", chat.model, requested or "plain", 1.0, SamplingSpec())
+            self.targets.resolve(name)  # 404 for an unknown name, before anything runs
+            variant = Variant("", name, requested or "plain", 1.0, SamplingSpec())
             return Assignment("", variant, "direct")
         if requested is not None:
             raise InvalidRequestError(

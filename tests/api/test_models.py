@@ -74,3 +74,28 @@ async def test_a_message_without_content_is_refused_naming_it(
         ok = [{"role": "user", "content": "hi"}, {"role": "assistant"}]
         fine = await raw.post("/v1/chat/completions", json={"model": "m1", "messages": ok})
         assert fine.status_code == 200
+
+
+ALIASED = (
+    CONFIG
+    + """
+aliases:
+  gpt-4o-mini: qa
+  gpt-4o: m2
+"""
+)
+
+
+async def test_an_alias_calls_what_it_names_and_is_listed(gateway: InProcessGateway) -> None:
+    async with gateway(engines(), ALIASED) as (client, _raw):
+        reply = await client.chat.completions.with_raw_response.create(
+            model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}], user="u1"
+        )
+        assert reply.headers["x-switchboard-route"] == "qa"
+        direct = await client.chat.completions.create(
+            model="gpt-4o", messages=[{"role": "user", "content": "hi"}]
+        )
+        assert direct.choices[0].message.content
+        listed = {m.id: m.model_dump() for m in (await client.models.list()).data}
+        assert listed["gpt-4o-mini"]["switchboard"]["alias_of"] == "qa"
+        assert listed["gpt-4o"]["switchboard"] == {"kind": "model", "alias_of": "m2"}
