@@ -22,7 +22,7 @@ from typer.core import TyperGroup
 
 from gateway.config.loader import load_config
 from gateway.config.schema import GatewayConfig
-from gateway.errors import SwitchboardError
+from gateway.errors import ConfigError, SwitchboardError
 from gateway.resolve import Resolved, resolve
 from gateway.settings import Settings
 
@@ -50,7 +50,18 @@ def fail(message: str, code: int = 2) -> NoReturn:
 
 def exit_with(exc: SwitchboardError) -> NoReturn:
     """Stop the command on an error of the tree, with the status its class gives."""
-    fail(str(exc), exc.exit_code)
+    fail(message_of(exc), exc.exit_code)
+
+
+def message_of(exc: SwitchboardError) -> str:
+    """The error as the terminal shows it after ``error:``.
+
+    A config with one problem reads best on one line (the file, then the key and the fix);
+    several stay ``ConfigError``'s list, one problem a line.
+    """
+    if isinstance(exc, ConfigError) and len(exc.problems) == 1:
+        return f"{exc.source}: {exc.problems[0]}"
+    return str(exc)
 
 
 def load_config_or_exit(path: Path | None) -> GatewayConfig:

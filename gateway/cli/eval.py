@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from gateway.cli.common import console, err, fail, print_error
+from gateway.cli.common import console, err, fail, message_of, print_error
 from gateway.settings import Settings
 
 if TYPE_CHECKING:
@@ -83,7 +83,7 @@ def eval_command(
     except SwitchboardError as exc:
         # Caught here, not by the root command: a run that has begun still writes its report.
         # Before the plan the invocation was wrong (an unknown route, an unreachable gateway).
-        print_error(str(exc))
+        print_error(message_of(exc))
         code = 1 if session.plan is not None else 2
     if session.plan is None:
         raise typer.Exit(code or 1)

@@ -97,7 +97,7 @@ async def test_stream_cut_midway_raises_engine_error_after_first_chunk() -> None
     async with engine_with(lambda _: httpx.Response(200, stream=Cut())) as engine:
         stream = engine.chat_stream(dict(BODY))
         assert (await anext(stream)).startswith(b"data: ")
-        with pytest.raises(EngineError):
+        with pytest.raises(EngineUnavailableError):
             await anext(stream)
 
 

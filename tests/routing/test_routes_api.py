@@ -9,7 +9,7 @@ from typing import Any
 import httpx
 import pytest
 
-from gateway.errors import EngineUnavailableError, UpstreamRejectedError
+from gateway.errors import ConfigError, EngineUnavailableError, UpstreamRejectedError
 from tests.support.fakes import FakeEngine
 
 CONFIG = """
@@ -229,7 +229,7 @@ async def test_rejected_requests_are_logged_too(gateway: Any) -> None:
 
 async def test_route_config_errors_name_the_key(gateway: Any) -> None:
     broken = CONFIG.replace("target: m2", "target: m9")
-    with pytest.raises(Exception) as info:
+    with pytest.raises(ConfigError) as info:
         async with gateway(engines(), broken):
             pass
     assert "routes.qa.variants.second.target: 'm9' is not a model or adapter" in str(info.value)
