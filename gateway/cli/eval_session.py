@@ -1,5 +1,5 @@
 """One ``gateway eval`` invocation: open the backend, plan or resume the run, run it with
-progress bars. The command itself (cli_eval.py) stays light to import."""
+progress bars. The command itself (cli/eval.py) stays light to import."""
 
 from __future__ import annotations
 

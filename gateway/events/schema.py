@@ -54,6 +54,9 @@ class InferenceEvent:
     #: online (live traffic) or offline (an evaluation run)
     source: str = "online"
     run_id: str | None = None
+    #: shared by every attempt of one client request (a shadow has its own): what intention to
+    #: treat groups by. Last, so that a database from before it gains it as its last column.
+    request_id: str | None = None
 
 
 @dataclass(slots=True, kw_only=True)

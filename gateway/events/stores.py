@@ -57,6 +57,29 @@ SCHEMA = [
 ]
 
 
+def added_columns(
+    table: str, row_type: type[InferenceEvent | FeedbackRow], existing: Iterable[str]
+) -> list[str]:
+    """The migration of a database made before some of the row's fields existed: one
+    ``ALTER TABLE ... ADD COLUMN`` per missing column (old rows read NULL there, so only a
+    nullable or defaulted column can be added; ``CREATE TABLE IF NOT EXISTS`` leaves an
+    existing table as it was)."""
+    have = set(existing)
+    typed = column_types(row_type)
+    return [
+        f"ALTER TABLE {table} ADD COLUMN {name} {sql}"
+        for name, sql in typed.items()
+        if name not in have and ("NOT NULL" not in sql or "DEFAULT" in sql)
+    ]
+
+
+#: the tables whose columns come from a row type, for ``added_columns``
+TYPED_TABLES: tuple[tuple[str, type[InferenceEvent | FeedbackRow]], ...] = (
+    ("inference_events", InferenceEvent),
+    ("feedback", FeedbackRow),
+)
+
+
 # Errors that concern the rows written, not the database: a constraint or a value it refuses,
 # a value that cannot be bound (a nested dict, an int over 64 bits, a lone surrogate).
 _SQLITE_DATA_ERRORS = (sqlite3.IntegrityError, sqlite3.DataError, OverflowError, UnicodeEncodeError)
@@ -196,6 +219,10 @@ class SQLiteStore(_SQLStore):
             self._conn.execute("PRAGMA synchronous=NORMAL")
             for statement in SCHEMA:
                 self._conn.execute(statement)
+            for table, row_type in TYPED_TABLES:
+                info = self._conn.execute(f"PRAGMA table_info({table})").fetchall()
+                for statement in added_columns(table, row_type, (r[1] for r in info)):
+                    self._conn.execute(statement)
             self._conn.commit()
         except (sqlite3.Error, OSError) as exc:
             raise StoreError(
@@ -254,6 +281,15 @@ class PostgresStore(_SQLStore):
                 with self._conn.cursor() as cur:
                     for statement in SCHEMA:
                         cur.execute(statement)
+                    for table, row_type in TYPED_TABLES:
+                        cur.execute(
+                            "SELECT column_name FROM information_schema.columns "
+                            "WHERE table_name = %s AND table_schema = current_schema()",
+                            [table],
+                        )
+                        have = [r[0] for r in cur.fetchall()]
+                        for statement in added_columns(table, row_type, have):
+                            cur.execute(statement)
                 self._conn.commit()
             except psycopg.Error as exc:
                 self._conn = None

@@ -58,10 +58,16 @@ class AttemptEvents:
         ctx: RequestContext | None = None,
         source: str = "online",
         run_id: str | None = None,
+        request_id: str | None = None,
     ) -> Attempt:
-        """Start timing one attempt; ``ctx`` (a live request's) gets the tokens it used."""
+        """Start timing one attempt; ``ctx`` (a live request's) gets the tokens it used.
+
+        ``request_id``: the client request's, shared by its attempts (the dispatcher passes
+        the first attempt's); None starts a new request whose id is this attempt's own.
+        """
+        inference_id = new_inference_id()
         row = InferenceEvent(
-            id=new_inference_id(),
+            id=inference_id,
             ts=time.time(),
             route=assignment.route or None,
             variant=variant.name or None,
@@ -77,6 +83,7 @@ class AttemptEvents:
             status=PENDING,
             source=source,
             run_id=run_id,
+            request_id=request_id or inference_id,
         )
         return Attempt(self, row, ctx)
 
@@ -125,6 +132,10 @@ class Attempt:
     @property
     def id(self) -> str:
         return self._row.id
+
+    @property
+    def request_id(self) -> str | None:
+        return self._row.request_id
 
     def headers(self) -> dict[str, str]:
         row = self._row

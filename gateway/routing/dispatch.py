@@ -138,6 +138,9 @@ class Dispatcher:
             self.shadows.start(assignment, route.shadows(), chat, body)
         schedule = self.schedule(assignment)
         previous = _skipped(assignment, schedule)
+        # One id for every attempt of this request (the first attempt's): the experiment
+        # analysis groups a request's attempts by it (intention to treat), exactly.
+        request_id: str | None = None
         for index, variant in enumerate(schedule):
             attempt = self.recorder.start(
                 assignment,
@@ -147,7 +150,9 @@ class Dispatcher:
                 fallback_from=previous,
                 stream=stream,
                 ctx=ctx,
+                request_id=request_id,
             )
+            request_id = attempt.request_id
             try:
                 with attempt:
                     opened = await run_attempt(variant, attempt, ctx)
