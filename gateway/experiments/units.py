@@ -1,9 +1,11 @@
 """From the store's rows to units of analysis: requests by intention to treat, then sticky keys.
 
-Intention to treat: the store holds one event per attempt. A request's attempts are chained
-(attempt 0, then attempts whose ``fallback_from`` names the variant tried before), and the
-request belongs to the variant it was *assigned* (attempt 0's ``fallback_from`` when that
-variant was cooling down and skipped, else attempt 0's variant), whatever variant answered.
+Intention to treat: the store holds one event per attempt. A request's attempts share its
+``request_id`` (set once per client request by the dispatcher); rows from before that column
+are chained instead (attempt 0, then attempts whose ``fallback_from`` names the variant tried
+before). The request belongs to the variant it was *assigned* (attempt 0's ``fallback_from``
+when that variant was cooling down and skipped, else attempt 0's variant), whatever variant
+answered.
 Its outcome is its last attempt's (that is the inference id the client got and gives feedback
 on). Without it, a variant that fails on hard prompts hands them to the other arm and "wins"
 (65% of A/A experiments, EXPERIMENTS.md).
@@ -67,19 +69,25 @@ class Request:
 def requests(events: Sequence[dict[str, Any]]) -> list[Request]:
     """Requests rebuilt from attempt events (live, non-shadow events of one route), by time.
 
-    Attempts carry no request id, so an attempt ``k > 0`` is joined to the oldest open request
-    whose last attempt was ``k - 1`` on the variant it names in ``fallback_from``, with the same
-    key hash. Two concurrent chains that look alike may swap, which changes nothing when their
-    assigned variants are equal (the common case: they differ only when one started cooled).
+    Attempts with a ``request_id`` are grouped by it: exact, however many look-alike requests
+    run at once. Older rows without one are chained: an attempt ``k > 0`` is joined to the
+    oldest open request whose last attempt was ``k - 1`` on the variant it names in
+    ``fallback_from``, with the same key hash. Two concurrent chains that look alike may swap
+    there, which changes nothing when their assigned variants are equal (the common case: they
+    differ only when one started cooled).
     """
     out: list[Request] = []
+    by_id: dict[str, Request] = {}
     waiting: dict[tuple[Any, str, int], deque[Request]] = defaultdict(deque)
     for event in sorted(events, key=lambda e: (float(e["ts"]), int(e.get("attempt") or 0))):
         attempt = int(event.get("attempt") or 0)
         variant = str(event.get("variant"))
         key = event.get("key_hash")
+        request_id = event.get("request_id")
         request: Request | None = None
-        if attempt > 0:
+        if request_id:
+            request = by_id.get(str(request_id))
+        elif attempt > 0:
             queue = waiting.get((key, str(event.get("fallback_from")), attempt - 1))
             request = queue.popleft() if queue else None
         if request is None:
@@ -94,13 +102,15 @@ def requests(events: Sequence[dict[str, Any]]) -> list[Request]:
                 ts=float(event["ts"]),
             )
             out.append(request)
+            if request_id:
+                by_id[str(request_id)] = request
         request.ids.append(str(event["id"]))
         request.final = event
         if event.get("latency_ms") is not None:
             request.latency_ms = (request.latency_ms or 0.0) + float(event["latency_ms"])
         if event.get("cost") is not None:
             request.cost = (request.cost or 0.0) + float(event["cost"])
-        if event.get("status") == "error":
+        if event.get("status") == "error" and not request_id:
             waiting[(key, variant, attempt)].append(request)
     return out
 
