@@ -18,7 +18,18 @@ from gateway.adapters.serving import AdapterServing
 from gateway.admission.keys import KeyRing
 from gateway.admission.ratelimit import ConcurrencyGate, RateLimiter
 from gateway.api import adapters as adapters_api
-from gateway.api import chat, evaluations, experiments, feedback, health, metrics, models
+from gateway.api import (
+    chat,
+    evaluations,
+    experiment_history,
+    experiments,
+    feedback,
+    health,
+    inferences,
+    metrics,
+    models,
+    ui,
+)
 from gateway.api.access import scoped
 from gateway.api.errors import install_error_handlers
 from gateway.api.hot_path import ChatHotPath
@@ -124,6 +135,10 @@ def create_app(
     app.include_router(feedback.router, dependencies=scoped("feedback"))
     for admin in (experiments, evaluations, metrics, adapters_api):
         app.include_router(admin.router, dependencies=scoped("admin"))
+    # The console: its static pages are open (they hold no data), what they read is admin.
+    for console in (experiment_history, inferences):
+        app.include_router(console.router, dependencies=scoped("admin"))
+    app.include_router(ui.router)
     return app
 
 

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from gateway.errors import StoreDataError, StoreError
+from gateway.events.reads import EventQuery, feedback_for_sql, recent_events_sql, traffic_sql
 from gateway.events.schema import (
     FeedbackRow,
     InferenceEvent,
@@ -50,11 +51,20 @@ def _table(name: str, row_type: type[InferenceEvent | FeedbackRow]) -> str:
 SCHEMA = [
     _table("inference_events", InferenceEvent),
     "CREATE INDEX IF NOT EXISTS inference_events_route_ts ON inference_events (route, ts)",
+    # The console's reads: recent events of every route, and the last hour's traffic.
+    "CREATE INDEX IF NOT EXISTS inference_events_ts ON inference_events (ts)",
     _table("feedback", FeedbackRow),
     "CREATE INDEX IF NOT EXISTS feedback_inference ON feedback (inference_id)",
     "CREATE TABLE IF NOT EXISTS route_overrides (route TEXT PRIMARY KEY, variant TEXT NOT NULL, "
     "ts DOUBLE PRECISION NOT NULL)",
+    # Every promotion, rollback and undo of an experiment (experiments/promotion.py): who
+    # (auto or admin), why (the decision's reason), when; ``undoes`` names the undone action.
+    "CREATE TABLE IF NOT EXISTS experiment_actions (id TEXT PRIMARY KEY, route TEXT NOT NULL, "
+    "action TEXT NOT NULL, variant TEXT, actor TEXT NOT NULL, reason TEXT, "
+    "ts DOUBLE PRECISION NOT NULL, undoes TEXT)",
 ]
+#: the columns of ``experiment_actions``, in order
+ACTION_COLUMNS = ("id", "route", "action", "variant", "actor", "reason", "ts", "undoes")
 
 
 def added_columns(
@@ -103,6 +113,12 @@ class Store(Protocol):
     def feedback(self, route: str | None = None) -> list[dict[str, Any]]: ...
     def set_override(self, route: str, variant: str, ts: float) -> None: ...
     def overrides(self) -> dict[str, str]: ...
+    def clear_override(self, route: str) -> None: ...
+    def write_action(self, action: dict[str, Any]) -> None: ...
+    def actions(self, route: str | None = None) -> list[dict[str, Any]]: ...
+    def recent_events(self, query: EventQuery) -> list[dict[str, Any]]: ...
+    def feedback_for(self, inference_ids: Sequence[str]) -> list[dict[str, Any]]: ...
+    def traffic(self, since: float, limit: int) -> list[dict[str, Any]]: ...
     def close(self) -> None: ...
 
 
@@ -201,6 +217,37 @@ class _SQLStore(ABC):
     def overrides(self) -> dict[str, str]:
         _, rows = self._query("SELECT route, variant FROM route_overrides")
         return {str(r[0]): str(r[1]) for r in rows}
+
+    def clear_override(self, route: str) -> None:
+        self._execute(f"DELETE FROM route_overrides WHERE route = {self.placeholder}", [(route,)])
+
+    def write_action(self, action: dict[str, Any]) -> None:
+        """One experiment action (its keys are ``ACTION_COLUMNS``); an id already there is
+        kept as it was (an automatic action's id is fixed, so it is taken once)."""
+        sql = self._insert_sql("experiment_actions", ACTION_COLUMNS)
+        self._execute(sql, [tuple(action.get(c) for c in ACTION_COLUMNS)])
+
+    def actions(self, route: str | None = None) -> list[dict[str, Any]]:
+        """Experiment actions, oldest first."""
+        where, params = (f" WHERE route = {self.placeholder}", [route]) if route else ("", [])
+        columns, rows = self._query(
+            f"SELECT * FROM experiment_actions{where} ORDER BY ts, id", params
+        )
+        return [dict(zip(columns, r, strict=True)) for r in rows]
+
+    def recent_events(self, query: EventQuery) -> list[dict[str, Any]]:
+        columns, rows = self._query(*recent_events_sql(query, self.placeholder))
+        return [_event_dict(columns, r) for r in rows]
+
+    def feedback_for(self, inference_ids: Sequence[str]) -> list[dict[str, Any]]:
+        statement = feedback_for_sql(inference_ids, self.placeholder)
+        columns, rows = self._query(*statement) if statement else ([], [])
+        return [dict(zip(columns, r, strict=True)) for r in rows]
+
+    def traffic(self, since: float, limit: int) -> list[dict[str, Any]]:
+        """Oldest first: the newest ``limit`` events since ``since`` (reads.traffic_sql)."""
+        columns, rows = self._query(*traffic_sql(since, limit, self.placeholder))
+        return [_event_dict(columns, r) for r in reversed(rows)]
 
 
 class SQLiteStore(_SQLStore):

@@ -146,7 +146,9 @@ CHECKS = [
 
 
 @schema.parametrize()
-def test_every_operation_answers_as_documented(case: schemathesis.Case, fuzz_app: FastAPI) -> None:
+def test_every_operation_answers_as_documented(
+    case: schemathesis.Case[Any], fuzz_app: FastAPI
+) -> None:
     case.call_and_validate(app=fuzz_app, checks=CHECKS)
 
 

@@ -64,7 +64,7 @@ def vllm_adapters(vllm_url: str) -> set[str]:
 
 def vllm_pid(gateway_server: RunningGateway) -> int | None:
     try:
-        return int(gateway_server.vllm_runtime["pid"])  # type: ignore[call-overload]
+        return int(str(gateway_server.vllm_runtime["pid"]))
     except (OSError, ValueError, KeyError):
         return None  # between a crash and the restart's runtime file
 

@@ -9,6 +9,7 @@ import httpx
 import jsonschema
 import openai
 import pytest
+from openai.types.chat import ChatCompletionMessageParam
 
 from tests.conftest import RunningGateway
 
@@ -224,7 +225,7 @@ def test_malformed_json(gateway_server: RunningGateway) -> None:
 def test_engine_rejection_is_a_400_not_a_5xx(client: openai.OpenAI) -> None:
     # Within the gateway's body and max_tokens limits, but the prompt alone is longer than
     # vLLM's 4096-token context (vLLM 0.32 clamps max_tokens rather than refusing it).
-    long_prompt = [{"role": "user", "content": "word " * 5000}]
+    long_prompt: list[ChatCompletionMessageParam] = [{"role": "user", "content": "word " * 5000}]
     with pytest.raises(openai.BadRequestError) as info:
         client.chat.completions.create(model="smollm2", messages=long_prompt, max_tokens=16)
     assert info.value.code == "upstream_rejected"

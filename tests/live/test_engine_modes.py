@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator
 import httpx
 import openai
 import pytest
+from openai.types.chat import ChatCompletionMessageParam
 
 from gateway.app import create_app
 from gateway.config.loader import parse_config
@@ -55,12 +56,12 @@ async def test_existing_vllm_urls(url_client: openai.AsyncOpenAI) -> None:
 
 
 async def test_litellm_engine_through_the_api(litellm_client: openai.AsyncOpenAI) -> None:
-    ask = [{"role": "user", "content": "Name a fruit."}]
+    ask: list[ChatCompletionMessageParam] = [{"role": "user", "content": "Name a fruit."}]
     whole = await litellm_client.chat.completions.create(
         model="hosted",
         messages=ask,
         max_tokens=12,
-        temperature=0,  # type: ignore[arg-type]
+        temperature=0,
     )
     assert whole.choices[0].message.content
     assert whole.usage is not None and whole.usage.completion_tokens > 0
@@ -69,7 +70,7 @@ async def test_litellm_engine_through_the_api(litellm_client: openai.AsyncOpenAI
         messages=ask,
         max_tokens=12,
         temperature=0,
-        stream=True,  # type: ignore[arg-type]
+        stream=True,
     )
     joined = "".join([c.choices[0].delta.content or "" async for c in stream if c.choices])
     assert joined == whole.choices[0].message.content

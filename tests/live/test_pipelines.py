@@ -110,9 +110,11 @@ def test_exemplars_build_cli_against_the_running_gateway(
     shutil.copy(shipped / "medprompt" / "exemplars.jsonl", data)
     # A held-out item in the data must be skipped, never written to the bank.
     items = [json.loads(line) for line in data.read_text().splitlines()][:6]
-    heldout = {"id": "probe-0", "question": "Q?", "options": {"A": "x", "B": "y"}, "answer": "A"}
-    while split_of(heldout["id"]) != "heldout":
-        heldout["id"] = f"probe-{int(heldout['id'].split('-')[1]) + 1}"
+    probe = 0
+    while split_of(f"probe-{probe}") != "heldout":
+        probe += 1
+    heldout = {"id": f"probe-{probe}", "question": "Q?", "options": {"A": "x", "B": "y"}}
+    heldout["answer"] = "A"
     data.write_text("".join(json.dumps(i) + "\n" for i in [heldout, *items]))
     proc = subprocess.run(
         [sys.executable, "-m", "gateway", "exemplars", "build", "--pipeline", "medprompt",

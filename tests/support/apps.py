@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from pathlib import Path
 
@@ -45,7 +45,7 @@ class InProcessGateway:
 
     @asynccontextmanager
     async def __call__(
-        self, engines: dict[str, Engine] | None = None, config: str = CONFIG
+        self, engines: Mapping[str, Engine] | None = None, config: str = CONFIG
     ) -> AsyncIterator[Clients]:
         engines = engines if engines is not None else {"fake": FakeEngine()}
         app = create_app(
