@@ -112,11 +112,12 @@ async def get_inference(inference_id: str, state: State) -> InferenceDetail:
             code="inference_not_found",
         )
     row = await _read(state.events.store.get_event, inference_id) or as_dict(event)
-    # Attempts carry no request id: rebuild the requests of the same key around this one with
-    # the analysis's own chaining (units.requests), and keep the one holding this attempt.
+    # The attempts of one request share its request_id; older rows have none and are chained
+    # as the analysis chains them (units.requests), among the same key's events around it.
     near = EventQuery(
         route=row.get("route"),
         key_hash=row.get("key_hash"),
+        request_id=row.get("request_id"),
         since=float(row["ts"]) - _ATTEMPT_WINDOW_S,
         until=float(row["ts"]) + _ATTEMPT_WINDOW_S,
         limit=500,

@@ -10,11 +10,14 @@ from __future__ import annotations
 import re
 from importlib.resources import files
 from importlib.resources.abc import Traversable
+from typing import Annotated
 
-from fastapi import APIRouter
-from fastapi.responses import RedirectResponse, Response
+from fastapi import APIRouter, Depends
+from fastapi.responses import JSONResponse, RedirectResponse, Response
 
+from gateway.api.deps import get_state
 from gateway.errors import NotFoundError
+from gateway.state import GatewayState
 
 router = APIRouter(include_in_schema=False)
 
@@ -63,6 +66,13 @@ def _asset(path: str) -> Response:
 @router.get("/ui")
 async def console() -> Response:
     return _asset("index.html")
+
+
+@router.get("/ui/session")
+async def console_session(state: Annotated[GatewayState, Depends(get_state)]) -> JSONResponse:
+    """Whether the pages need a key: with keys configured they ask for one before their first
+    read, instead of learning it from a refusal."""
+    return JSONResponse({"keys": state.keyring.enabled}, headers=_HEADERS)
 
 
 @router.get("/ui/")

@@ -35,6 +35,8 @@ class EventQuery:
     status: str | None = None
     source: str | None = None
     key_hash: str | None = None
+    #: every attempt of one client request carries it
+    request_id: str | None = None
     since: float | None = None
     until: float | None = None
     limit: int = 100
@@ -44,7 +46,7 @@ def recent_events_sql(query: EventQuery, p: str) -> Statement:
     """Events matching ``query``, newest first, at most ``query.limit`` (and ``MAX_ROWS``)."""
     clauses: list[str] = []
     params: list[Any] = []
-    for column in ("route", "variant", "status", "source", "key_hash"):
+    for column in ("route", "variant", "status", "source", "key_hash", "request_id"):
         value = getattr(query, column)
         if value is not None:
             clauses.append(f"{column} = {p}")

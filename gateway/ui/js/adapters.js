@@ -11,9 +11,15 @@ const STATES = {
   unloaded: "out of service: unloaded by an admin until loaded again",
 };
 
+// A manifest value in words: lists and flat objects on one line, nested objects as pairs.
 function value(v) {
   if (v === null || v === undefined) return "—";
-  if (typeof v === "object") return h("pre", {}, JSON.stringify(v, null, 2));
+  if (Array.isArray(v)) return `[${v.map((x) => (typeof x === "number" ? num(x, 4) : String(x))).join(", ")}]`;
+  if (typeof v === "object") {
+    const entries = Object.entries(v);
+    if (entries.every(([, x]) => x === null || typeof x !== "object")) return entries.map(([k, x]) => `${k}: ${value(x)}`).join(" · ");
+    return dl(entries.map(([k, x]) => [k, value(x)]));
+  }
   return typeof v === "number" ? num(v, 4) : String(v);
 }
 
@@ -71,7 +77,9 @@ export function adaptersPage(root) {
   async function refresh() {
     const data = await get("/v1/adapters");
     update(list, data, (d) => [
-      table(
+      card(
+        "Registry",
+        table(
         "Adapters in the registry",
         ["adapter", "base model", "state", "rank / alpha", "created", "last load", "action"],
         d.data.map((a) => [
@@ -85,7 +93,8 @@ export function adaptersPage(root) {
             ? h("button", { type: "button", "data-focus": `unload-${a.id}`, onclick: () => act(a.id, "unload") }, `Unload ${a.id}`)
             : h("button", { type: "button", class: "primary", "data-focus": `load-${a.id}`, onclick: () => act(a.id, "load") }, `Load ${a.id}`),
         ]),
-        { empty: "No adapters." },
+          { empty: "No adapters." },
+        ),
       ),
       d.problems.length ? card("Folders that could not be registered", h("ul", {}, d.problems.map((p) => h("li", {}, p)))) : null,
       d.data.map((a) =>

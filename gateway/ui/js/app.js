@@ -42,11 +42,30 @@ function markNav(page) {
   }
 }
 
+// Whether this gateway has keys (GET /ui/session, open): with keys and none entered yet, the
+// key form comes first, so no read is refused.
+let needsKey = null;
+async function keysConfigured() {
+  if (needsKey === null) {
+    try {
+      needsKey = (await (await fetch("/ui/session", { cache: "no-store" })).json()).keys === true;
+    } catch {
+      needsKey = false;
+    }
+  }
+  return needsKey;
+}
+
 async function show() {
   const { page, arg, params } = parseHash();
   const make = PAGES[page] || overviewPage;
   current?.destroy?.();
   markNav(page);
+  if (!getKey() && (await keysConfigured())) {
+    clearInterval(timer);
+    askForKey({ code: null });
+    return;
+  }
   const root = h("div", { class: "page" });
   main.replaceChildren(root);
   current = make(root, arg, params);

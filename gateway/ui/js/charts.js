@@ -58,7 +58,8 @@ export class Chart {
           stroke: s.colour || colour(i),
           width: s.width ?? 2,
           dash: s.dash,
-          points: { show: xs.length < 40 },
+          // Points where the line alone would not show: few looks, or values between gaps.
+          points: { show: xs.length < 40 || s.values.filter((v) => v !== null && v !== undefined).length < 40, size: 5 },
           spanGaps: true,
           value: (_u, v) => (v === null || v === undefined ? "—" : Number(v.toPrecision(4)).toString()),
         })),

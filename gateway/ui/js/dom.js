@@ -41,7 +41,9 @@ export function update(el, data, draw) {
 
 export function table(caption, headers, rows, { empty = "Nothing yet." } = {}) {
   const body = rows.length
-    ? rows.map((cells) => h("tr", {}, cells.map((c, i) => (i === 0 ? h("th", { scope: "row" }, c) : h("td", {}, c)))))
+    ? rows.map((cells) =>
+        h("tr", {}, cells.map((c, i) => (i === 0 ? h("th", { scope: "row" }, c) : h("td", { "data-label": headers[i] }, c)))),
+      )
     : [h("tr", {}, h("td", { colspan: headers.length, class: "empty" }, empty))];
   return h(
     "div",
@@ -78,7 +80,8 @@ export function pct(value) {
 }
 
 export function ms(value) {
-  return value === null || value === undefined ? "—" : `${num(value)} ms`;
+  // A no-break space: a figure and its unit stay on one line.
+  return value === null || value === undefined ? "—" : `${num(value)}\u00a0ms`;
 }
 
 export function interval(ci) {

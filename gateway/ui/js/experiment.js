@@ -25,6 +25,8 @@ export function experimentPage(root, route) {
   const result = h("div", { role: "status", "aria-live": "polite" });
   const charts = h("div");
   const chartsByKey = new Map();
+  const burnIn = h("p", { class: "muted" });
+  const unitsChart = new Chart("Units per variant as samples arrived", { yLabel: "units", height: 180 });
   let report = null;
   root.append(
     h("h2", { class: "page-title" }, "Route ", h("code", {}, route)),
@@ -32,10 +34,10 @@ export function experimentPage(root, route) {
     card("Decision", decision),
     card("Actions", actions, result),
     card("Variants", variants),
-    card("Difference on the primary metric, as samples arrived", charts),
+    card("Difference on the primary metric, as samples arrived", charts, burnIn, unitsChart.el),
     card("Metrics per variant (95% intervals)", metrics),
-    h("div", { class: "grid" }, card("Comparisons", comparisons), card("Guardrails", guardrails)),
-    h("div", { class: "grid" }, card("Sample ratio", ratio), card("Power", power)),
+    card("Comparisons", comparisons),
+    h("div", { class: "grid" }, card("Guardrails", guardrails), card("Sample ratio", ratio), card("Power", power)),
     card("Offline evaluation runs of this route", offline),
     card("Traffic kept apart (never compared)", apart),
   );
@@ -243,11 +245,20 @@ export function experimentPage(root, route) {
         },
       );
     }
-    if (!pairs.size && !charts.querySelector(".muted")) {
-      charts.append(h("p", { class: "muted" }, "No comparisons yet: the chart starts with the first requests."));
-    } else if (pairs.size) {
-      charts.querySelector(":scope > .muted")?.remove();
-    }
+    const names = [...new Set(points.flatMap((p) => Object.keys(p.units)))];
+    unitsChart.set(
+      xs,
+      names.map((n) => ({ label: n, values: points.map((p) => p.units[n] ?? 0) })),
+      { summary: names.map((n) => `${n}: ${num(points[points.length - 1]?.units[n])} units`).join("; ") || "No units yet." },
+    );
+    const drawn = [...pairs.keys()].some((key) =>
+      points.some((p) => p.comparisons.some((x) => `${x.variant}|${x.against}|${x.metric}` === key && x.difference !== null)),
+    );
+    burnIn.textContent = !points.length
+      ? "No requests yet: the chart starts with the first ones."
+      : drawn
+        ? "The interval is valid at every look: act only once it excludes 0 (a winner) or lies within ±min_effect (no difference), as the decision says."
+        : `The difference is drawn once every variant has ${num(report.min_samples)} units (the burn-in); until then the decision is 'running'.`;
   }
 
   async function refresh() {
@@ -264,6 +275,7 @@ export function experimentPage(root, route) {
     refresh,
     destroy() {
       for (const c of chartsByKey.values()) c.destroy();
+      unitsChart.destroy();
     },
     get report() {
       return report;
