@@ -17,8 +17,8 @@ Endpoints:
     Queue fault specs (a JSON list, appended) or clear them. Each chat request takes the next
     spec, in arrival order; with none queued it gets the default behaviour. Keys, combinable:
     ``status`` (+ ``retry_after``, ``body``), ``hang``, ``reset``, ``latency_ms``, ``chunks``,
-    ``chunk_gap_ms``, ``stream_reset_after``, ``stream_error_after``, ``stall_after``. See
-    :class:`Fault`.
+    ``chunk_gap_ms``, ``stream_reset_after``, ``stream_error_after``, ``stall_after``,
+    ``raw_body`` (+ ``content_type``), ``barrier``. See :class:`Fault`.
 ``GET /_stats``, ``POST /_stats/reset``
     Counters of chat requests, and the client disconnects seen while a request was in flight
     (including while it waited in a latency, hang or stall).
@@ -155,6 +155,13 @@ class Fault:
     stream_reset_after: int | None = None  # N SSE events, then an abrupt close (RST)
     stream_error_after: int | None = None  # N events, an in-band error event, then [DONE]
     stall_after: int | None = None  # N events, then silence on an open connection
+    # Answer ``status`` (200 by default) with these bytes as they are, for a stream request
+    # too: a body that is not JSON, or JSON of the wrong shape, or a non-SSE 200 to a stream.
+    raw_body: str | None = None
+    content_type: str = "application/json"  # with ``raw_body``
+    # Wait until this many requests with a barrier are waiting, then go on together: a fault
+    # that hits N requests in flight at once, with no sleep to hope they overlap.
+    barrier: int | None = None
 
     @classmethod
     def parse(cls, spec: object) -> Fault:
@@ -185,6 +192,9 @@ _FAULT_TYPES: dict[str, tuple[type, ...]] = {
     "stream_reset_after": (int,),
     "stream_error_after": (int,),
     "stall_after": (int,),
+    "raw_body": (str,),
+    "content_type": (str,),
+    "barrier": (int,),
 }
 
 
@@ -227,6 +237,7 @@ class Upstream:
             maxlen=KEEP_REQUESTS
         )
         self.created = int(time.time())
+        self.barrier: list[asyncio.Future[None]] = []
         # Rendered SSE events per (model, chunks): a stream costs a few writes, not JSON work.
         self._streams: dict[tuple[str, int], list[bytes]] = {}
         self._models_body = orjson.dumps(
@@ -486,7 +497,13 @@ class _Connection(asyncio.Protocol):
         if fault is None or request.profile is None:
             return True  # control endpoints; a bad body or unknown model is answered at once
         if fault is not _DEFAULT_FAULT:
-            return fault.status is not None and not fault.latency_ms and not fault.hang
+            return (
+                fault.status is not None
+                and not fault.latency_ms
+                and not fault.hang
+                and fault.raw_body is None
+                and fault.barrier is None
+            )
         return not request.profile.latency_ms and not _streams(request)
 
     async def _drain(self) -> None:
@@ -583,9 +600,18 @@ class _Connection(asyncio.Protocol):
             return
         body, profile = parsed
         stream = _streams(request)
+        if fault.barrier is not None:
+            await self._barrier(fault.barrier)
         latency = fault.latency_ms if fault.latency_ms is not None else profile.latency_ms
         if latency:
             await asyncio.sleep(latency / 1000)
+        if fault.raw_body is not None:
+            extra = [("content-type", fault.content_type)]
+            payload = fault.raw_body.encode()
+            head = _head(fault.status or 200, [*extra, ("content-length", str(len(payload)))])
+            self._write(head + payload)
+            self._done(request)
+            return
         if fault.reset or (fault.stream_reset_after is not None and not stream):
             self._abort()
             return
@@ -599,6 +625,17 @@ class _Connection(asyncio.Protocol):
             await self._stream(request, body, profile, fault)
         else:
             self._send_completion(request, body)
+
+    async def _barrier(self, count: int) -> None:
+        waiting = self.upstream.barrier
+        arrived: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        waiting.append(arrived)
+        if len(waiting) >= count:
+            for future in waiting:
+                if not future.done():
+                    future.set_result(None)
+            waiting.clear()
+        await arrived
 
     def _send_completion(self, request: _Request, body: dict[str, Any]) -> None:
         model = str(body.get("model") or self.upstream.config.models[0])

@@ -11,10 +11,13 @@ of its own (the watcher is already running), which took about 0.1 ms off time to
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator, Callable, Mapping
 
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
+
+from gateway.routing.relay import is_drain_cancel, shutting_down, uncancel
 
 _SSE_HEADERS = [
     (b"content-type", b"text/event-stream; charset=utf-8"),
@@ -74,10 +77,19 @@ class EventStream(Response):
             async for chunk in self.chunks:
                 await send({"type": "http.response.body", "body": chunk, "more_body": True})
             await send({"type": "http.response.body", "body": b"", "more_body": False})
-        except asyncio.CancelledError:
-            if not self.watch.absorbs():
+        except asyncio.CancelledError as exc:
+            if self.watch.absorbs():
+                pass  # the client left: the relay below is closed, ending the upstream call
+            elif is_drain_cancel(exc):
+                # The drain ran out while we were sending: the relay logs the attempt as the
+                # gateway's doing and hands back its error event, sent if the client reads.
+                uncancel()
+                with contextlib.suppress(Exception):
+                    async with asyncio.timeout(1):
+                        last = await self.chunks.athrow(shutting_down())  # type: ignore[attr-defined]
+                        await send({"type": "http.response.body", "body": last})
+            else:
                 raise
-            # The client left: the relay below is closed, which ends the upstream call.
         finally:
             self.watch.stop()
             await self.chunks.aclose()  # type: ignore[attr-defined]

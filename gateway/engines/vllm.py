@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import math
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from typing import Any
 
@@ -19,13 +20,13 @@ from yarl import URL
 
 from gateway.engines.base import EngineHealth
 from gateway.engines.supervisor import VLLMSupervisor
+from gateway.engines.vllm_errors import rejected_error
 from gateway.errors import (
     EngineError,
     EngineTimeoutError,
     EngineUnavailableError,
     GatewayError,
     UpstreamRateLimitedError,
-    UpstreamRejectedError,
 )
 
 _JSON = {"content-type": "application/json"}
@@ -105,8 +106,7 @@ class VLLMEngine:
         if status != 200:
             self._check_missing(status, body)
             raise upstream_error(self.model_id, status, content, headers)
-        result: dict[str, Any] = orjson.loads(content)
-        return result
+        return completion_of(self.model_id, content)
 
     async def chat_stream(self, body: dict[str, Any]) -> AsyncIterator[bytes]:
         session = self._require_session()
@@ -121,6 +121,12 @@ class VLLMEngine:
                 content = await resp.read()
                 self._check_missing(resp.status, body)
                 raise upstream_error(self.model_id, resp.status, content, resp.headers)
+            if not resp.content_type.startswith("text/event-stream"):
+                # A 200 that is not a stream would be relayed as an empty, "successful" one.
+                raise EngineError(
+                    f"the engine for '{self.model_id}' answered a stream request with "
+                    f"'{resp.content_type or 'no content type'}', not an event stream"
+                )
             try:
                 async for chunk in resp.content.iter_any():
                     yield chunk
@@ -236,19 +242,51 @@ def upstream_error(
     """Map a non-200 answer from an OpenAI-compatible upstream to the gateway's error tree."""
     message = _upstream_message(content) or f"HTTP {status}"
     if status in (400, 422):
-        return UpstreamRejectedError(message)
+        # OpenAI's shape with param, and sentences instead of vLLM's pydantic dump
+        return rejected_error(model_id, content, message)
     if status == 429:
         return UpstreamRateLimitedError(
             f"the engine for '{model_id}' is rate limited: {message}",
             retry_after_s=retry_after_seconds(headers.get("retry-after")),
         )
     if status == 503:
-        return EngineUnavailableError(f"the engine for '{model_id}' is unavailable: {message}")
+        # The engine's own Retry-After is passed on: it knows when it will be back.
+        wait = retry_after_seconds(headers.get("retry-after"))
+        return EngineUnavailableError(
+            f"the engine for '{model_id}' is unavailable: {message}",
+            retry_after_s=max(1, math.ceil(wait)) if wait is not None else 5,
+        )
     if status == 504:
         return EngineTimeoutError(f"the engine for '{model_id}' timed out: {message}")
     if status == 404:
         return EngineError(f"the engine for '{model_id}' does not serve it: {message}")
     return EngineError(f"the engine for '{model_id}' failed with HTTP {status}: {message}")
+
+
+def completion_of(model_id: str, content: bytes) -> dict[str, Any]:
+    """A 200's body as a chat completion; an engine error (502) when it cannot be one.
+
+    The shape is checked where the rest of the gateway reads it (an object, ``choices`` a list,
+    ``usage`` an object), so a broken engine is the engine's error, logged with its attempt,
+    never a 500 from deeper down.
+    """
+    try:
+        result = orjson.loads(content)
+    except orjson.JSONDecodeError:
+        raise EngineError(
+            f"the engine for '{model_id}' answered 200 with a body that is not JSON: "
+            f"{content[:200].decode('utf-8', 'replace')!r}"
+        ) from None
+    problem = None
+    if not isinstance(result, dict):
+        problem = f"a JSON {type(result).__name__}, not an object"
+    elif not isinstance(result.get("choices", []), list):
+        problem = "'choices' that is not a list"
+    elif not isinstance(result.get("usage") or {}, dict):
+        problem = "'usage' that is not an object"
+    if problem is not None:
+        raise EngineError(f"the engine for '{model_id}' answered 200 with {problem}")
+    return result  # type: ignore[no-any-return]
 
 
 def retry_after_seconds(value: str | None) -> float | None:

@@ -87,11 +87,14 @@ class AttemptEvents:
         )
         return Attempt(self, row, ctx)
 
-    def reject(self, model: str | None, error: GatewayError, started: float) -> str:
+    def reject(
+        self, model: str | None, error: GatewayError, started: float, route: str | None = None
+    ) -> str:
         """Log a request refused before any variant ran (bad input, unknown model)."""
         event = InferenceEvent(
             id=new_inference_id(),
             ts=time.time(),
+            route=route,
             model=model,
             status="error",
             http_status=error.status_code,

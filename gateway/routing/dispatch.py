@@ -153,11 +153,12 @@ class Dispatcher:
                 request_id=request_id,
             )
             request_id = attempt.request_id
+            started_at = self.cooldowns.clock()
             try:
                 with attempt:
                     opened = await run_attempt(variant, attempt, ctx)
             except GatewayError as exc:
-                self._outcome(assignment, variant, exc)
+                self._outcome(assignment, variant, exc, started_at)
                 last = index + 1 == len(schedule)
                 same = not last and schedule[index + 1] is variant
                 if not last and await self._before_retry(exc, index + 1, ctx, same):
@@ -192,12 +193,16 @@ class Dispatcher:
         return True
 
     def _outcome(
-        self, assignment: Assignment, variant: Variant, error: GatewayError | None
+        self,
+        assignment: Assignment,
+        variant: Variant,
+        error: GatewayError | None,
+        started_at: float | None = None,
     ) -> None:
         key = _cool_key(assignment, variant)
         if error is None:
             self.cooldowns.success(key)
-        elif _retryable(error) and self.cooldowns.failure(key):
+        elif _retryable(error) and self.cooldowns.failure(key, started_at):
             log.warning(
                 "variant %s failed %d times in a row; it cools down for %g s",
                 key, self.cooldowns.threshold, self.cooldowns.cooldown_s,
@@ -305,8 +310,10 @@ class Dispatcher:
         await self.shadows.drain(timeout_s)
 
     def record_rejection(self, model: str | None, error: GatewayError, started: float) -> str:
-        """Log a request refused before any variant ran (bad input, unknown model)."""
-        return self.recorder.reject(model, error, started)
+        """Log a request refused before any variant ran (bad input, unknown model, a cooling
+        route); a route's name is kept, so its error rate counts the refusal."""
+        route = model if model is not None and self.router.get(model) is not None else None
+        return self.recorder.reject(model, error, started, route=route)
 
 
 def _requested_pipeline(chat: ChatCompletionRequest) -> str | None:

@@ -57,12 +57,13 @@ async def relay(
         with attempt:
             while True:
                 if _INBAND_ERROR in chunk:
-                    # The engine failed midway and said so in-band (vLLM does): pass its error
-                    # event on, but not the [DONE] after it, and log the attempt as failed.
+                    # The engine failed midway and said so in-band (vLLM does): the events
+                    # before it pass, its error becomes the gateway's (OpenAI's shape, the
+                    # gateway's code) below, the [DONE] after it is dropped.
                     head, error = split_inband_error(chunk)
-                    attempt.failed(error)
-                    yield head
-                    return
+                    if head:
+                        yield head
+                    raise error
                 tail = (tail + chunk)[-TAIL_BYTES:]
                 yield chunk
                 # Each wait is bounded by the gap limit and the request's deadline; the yield
@@ -73,6 +74,13 @@ async def relay(
                         chunk = await anext(chunks)
                 except StopAsyncIteration:
                     break
+                except asyncio.CancelledError as exc:
+                    if not is_drain_cancel(exc):
+                        raise
+                    # The server's drain ran out: the stream ends with an error event, and
+                    # the attempt is logged as the gateway's doing, not the client's.
+                    uncancel()
+                    raise shutting_down() from None
                 except TimeoutError:
                     if not scope.expired():
                         raise
@@ -90,6 +98,34 @@ async def relay(
         await close(chunks)
 
 
+class ShuttingDownError(GatewayError):
+    """The server stopped before the stream ended: its drain time ran out (503, in-band)."""
+
+    status_code = 503
+    error_type = "server_error"
+    default_code = "shutting_down"
+
+
+#: the message uvicorn cancels requests with when ``timeout_graceful_shutdown`` runs out
+_DRAIN_CANCEL = "timeout graceful shutdown exceeded"
+
+
+def is_drain_cancel(exc: asyncio.CancelledError) -> bool:
+    return any(isinstance(a, str) and _DRAIN_CANCEL in a for a in exc.args)
+
+
+def shutting_down() -> ShuttingDownError:
+    return ShuttingDownError(
+        "The gateway is shutting down and its drain time ran out; the stream was ended."
+    )
+
+
+def uncancel() -> None:
+    task = asyncio.current_task()
+    if task is not None:
+        task.uncancel()
+
+
 async def close(chunks: AsyncIterator[bytes]) -> None:
     aclose = getattr(chunks, "aclose", None)
     if aclose is not None:
@@ -97,7 +133,7 @@ async def close(chunks: AsyncIterator[bytes]) -> None:
 
 
 def split_inband_error(chunk: bytes) -> tuple[bytes, EngineError]:
-    """The chunk up to the end of its error event, and that error as the gateway's."""
+    """The chunk before its error event, and that error as the gateway's."""
     start = chunk.index(_INBAND_ERROR)
     end = chunk.find(b"\n\n", start)
     end = len(chunk) if end < 0 else end + 2
@@ -110,7 +146,7 @@ def split_inband_error(chunk: bytes) -> tuple[bytes, EngineError]:
         pass
     error = EngineError(message, code="stream_failed")
     error.retryable = False  # bytes have reached the client: never retried
-    return chunk[:end], error
+    return chunk[:start], error
 
 
 def usage_from_tail(tail: bytes) -> dict[str, int]:

@@ -40,11 +40,18 @@ class RetryBudget:
 class _Health:
     failures: int = 0
     until: float = 0.0
+    #: when the last counted failure was seen
+    counted_at: float = float("-inf")
 
 
 @dataclass
 class Cooldowns:
-    """Consecutive retryable failures per variant; ``threshold`` of them cool it down."""
+    """Consecutive retryable failures per variant; ``threshold`` of them cool it down.
+
+    A failure counts only when its attempt started after the last counted failure: requests
+    in flight when the engine blipped fail together, and that is one failure, not one per
+    request (five of them used to cool a model with no fallback down though it was fine).
+    """
 
     threshold: int
     cooldown_s: float
@@ -56,9 +63,14 @@ class Cooldowns:
         health = self._health.get(key)
         return max(0.0, health.until - self.clock()) if health is not None else 0.0
 
-    def failure(self, key: str) -> bool:
-        """Count a failure; True when it starts a cooldown."""
+    def failure(self, key: str, started_at: float | None = None) -> bool:
+        """Count a failure of an attempt started at ``started_at`` (``clock``'s time; None:
+        now); True when it starts a cooldown."""
+        now = self.clock()
         health = self._health.setdefault(key, _Health())
+        if started_at is not None and started_at < health.counted_at:
+            return False  # in flight when the last failure was counted: the same blip
+        health.counted_at = now
         health.failures += 1
         if health.failures >= self.threshold:
             health.until = self.clock() + self.cooldown_s

@@ -94,7 +94,8 @@ async def test_stream_cut_midway_raises_engine_error_after_first_chunk() -> None
             yield b'data: {"choices": []}\n\n'
             raise httpx.RemoteProtocolError("peer closed connection")
 
-    async with engine_with(lambda _: httpx.Response(200, stream=Cut())) as engine:
+    sse = {"content-type": "text/event-stream"}
+    async with engine_with(lambda _: httpx.Response(200, headers=sse, stream=Cut())) as engine:
         stream = engine.chat_stream(dict(BODY))
         assert (await anext(stream)).startswith(b"data: ")
         with pytest.raises(EngineUnavailableError):
@@ -105,3 +106,29 @@ async def test_not_started_engine_is_unavailable() -> None:
     engine = VLLMEngine(model_id="m", upstream_model="m", urls=["http://127.0.0.1:9"])
     with pytest.raises(EngineUnavailableError):
         await engine.chat(dict(BODY))
+
+
+@pytest.mark.parametrize(
+    "content",
+    [b"<html>oops</html>", b'["a list"]', b'{"choices": "x"}', b'{"choices": [], "usage": "lots"}'],
+    ids=["not-json", "not-an-object", "choices-not-a-list", "usage-not-an-object"],
+)
+async def test_a_200_that_is_no_completion_is_an_engine_error(content: bytes) -> None:
+    async with engine_with(lambda _: httpx.Response(200, content=content)) as engine:
+        with pytest.raises(EngineError) as info:
+            await engine.chat(dict(BODY))
+    assert info.value.status_code == 502 and info.value.code == "upstream_error"
+
+
+async def test_a_non_sse_200_to_a_stream_is_an_engine_error() -> None:
+    async with engine_with(lambda _: httpx.Response(200, json={"id": "x"})) as engine:
+        with pytest.raises(EngineError, match="not an event stream"):
+            await anext(engine.chat_stream(dict(BODY)))
+
+
+async def test_the_engines_retry_after_on_503_is_passed_on() -> None:
+    answer = httpx.Response(503, headers={"retry-after": "7"}, content=b"{}")
+    async with engine_with(lambda _: answer) as engine:
+        with pytest.raises(EngineUnavailableError) as info:
+            await engine.chat(dict(BODY))
+    assert info.value.headers["Retry-After"] == "7"

@@ -12,6 +12,7 @@ import sqlite3
 import threading
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -147,7 +148,11 @@ def test_an_in_band_error_chunk_ends_the_stream_without_done(
     resp = post(gateway, {**CHAT, "stream": True})
     events = sse_events(resp.text)
     assert "[DONE]" not in events
-    assert "error" in orjson.loads(events[-1])
+    # The engine's own error event is rewritten into OpenAI's shape, with the gateway's code.
+    error = orjson.loads(events[-1])["error"]
+    assert set(error) == {"message", "type", "param", "code"}
+    assert error["code"] == "stream_failed" and error["type"] == "api_error"
+    assert "injected stream error" in error["message"]
     row = event_rows(gateway.home)[-1]
     assert row["status"] == "error"
     assert row["error_code"] == "stream_failed"
@@ -293,3 +298,143 @@ def test_sigterm_drains_in_flight_streams_and_flushes_the_log(
     # Both requests are in the database: the batch was flushed on the way out.
     assert sorted(statuses) == ["ok", "ok"]
     assert "Shutting down" in gw.log()
+
+
+# -- an engine answering 200 with something that is not an answer ------------------------------
+
+
+def wait_for_row(home: Path, inference_id: str) -> dict[str, Any]:
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:
+        with sqlite3.connect(home / "events.db") as db:
+            db.row_factory = sqlite3.Row
+            found = db.execute("SELECT * FROM inference_events WHERE id = ?", (inference_id,))
+            row = found.fetchone()
+        if row is not None:
+            return dict(row)
+        time.sleep(0.1)
+    pytest.fail(f"no event {inference_id}")
+
+
+@pytest.mark.parametrize(
+    ("fault", "stream"),
+    [
+        ({"raw_body": "<html>not json</html>", "content_type": "text/html"}, False),
+        ({"raw_body": '{"choices": [], "usage": "lots"}'}, False),
+        ({"raw_body": '["a", "list"]'}, False),
+        ({"raw_body": '{"id": "not a stream"}'}, True),
+    ],
+    ids=["not-json", "usage-of-the-wrong-type", "not-an-object", "non-sse-200-to-a-stream"],
+)
+def test_a_200_that_is_no_answer_is_a_502_logged_as_an_error(
+    gateway: GatewayProcess, upstream: UpstreamDouble, fault: dict[str, Any], stream: bool
+) -> None:
+    upstream.faults([fault, fault])  # max_attempts is 2: both attempts get it
+    resp = post(gateway, {**CHAT, "stream": stream})
+    assert resp.status_code == 502
+    error = resp.json()["error"]
+    assert error["code"] == "upstream_error" and error["type"] == "api_error"
+    row = wait_for_row(gateway.home, resp.headers["x-switchboard-inference-id"])
+    assert row["status"] == "error" and row["http_status"] == 502
+    assert "Traceback" not in gateway.log()
+
+
+def test_the_engines_retry_after_is_passed_on(
+    gateway: GatewayProcess, upstream: UpstreamDouble
+) -> None:
+    upstream.faults([{"status": 503, "retry_after": 7}] * 2)
+    resp = post(gateway, CHAT)
+    assert resp.status_code == 503
+    assert resp.headers["retry-after"] == "7"
+
+
+# -- cooldowns: a blip is one failure; a refusal is tied to its route ---------------------------
+
+ROUTED = """
+  r:
+    variants:
+      only: {target: m, weight: 1}
+"""
+
+
+@pytest.fixture(scope="module")
+def routed(
+    upstream: UpstreamDouble, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[GatewayProcess]:
+    home = tmp_path_factory.mktemp("routed-home")
+    reliability = "{max_attempts: 1, cooldown_failures: 2, cooldown_s: 60, deadline_s: 10}"
+    text = config(upstream.url, reliability) + "routes:" + ROUTED
+    with running_gateway(home, text) as running:
+        yield running
+
+
+def post_to(gateway: GatewayProcess, body: dict[str, Any]) -> httpx.Response:
+    url = f"{gateway.url}/v1/chat/completions"
+    return httpx.post(url, json=body, headers=HEADERS, timeout=30)
+
+
+def test_one_blip_failing_requests_in_flight_is_one_failure(
+    routed: GatewayProcess, upstream: UpstreamDouble
+) -> None:
+    # Two requests in flight at once fail together (cooldown_failures is 2).
+    upstream.faults([{"barrier": 2, "status": 502}] * 2)
+    body = {**CHAT, "model": "r"}
+    with ThreadPoolExecutor(2) as pool:
+        statuses = [r.status_code for r in pool.map(lambda _: post_to(routed, body), range(2))]
+    assert statuses == [502, 502]
+    resp = post_to(routed, body)
+    assert resp.status_code == 200, resp.text  # the engine is fine: no cooldown
+
+
+def test_a_refusal_while_cooling_is_tied_to_its_route(
+    routed: GatewayProcess, upstream: UpstreamDouble
+) -> None:
+    body = {**CHAT, "model": "r"}
+    upstream.faults([{"status": 502}] * 2)
+    for _ in range(2):  # one after another: two distinct failures
+        assert post_to(routed, body).status_code == 502
+    refused = post_to(routed, body)
+    assert refused.status_code == 503
+    assert refused.json()["error"]["code"] == "cooling_down"
+    row = wait_for_row(routed.home, refused.headers["x-switchboard-inference-id"])
+    assert row["route"] == "r" and row["error_code"] == "cooling_down"
+
+
+# -- shutdown: streams cut by the drain end with an error event --------------------------------
+
+
+@pytest.mark.disruptive
+def test_streams_cut_at_the_end_of_the_drain_end_with_an_error_event(
+    upstream: UpstreamDouble, tmp_path: Path
+) -> None:
+    reliability = "{stream_gap_s: 30, deadline_s: 60, drain_timeout_s: 1}"
+    with running_gateway(tmp_path, config(upstream.url, reliability)) as gw:
+        upstream.faults([{"chunk_gap_ms": 200, "chunks": 500}])
+        received: list[str] = []
+        first = threading.Event()
+
+        def read_stream() -> None:
+            with httpx.stream(
+                "POST",
+                f"{gw.url}/v1/chat/completions",
+                json={**CHAT, "stream": True},
+                headers=HEADERS,
+                timeout=30,
+            ) as resp:
+                for line in resp.iter_lines():
+                    received.append(line)
+                    first.set()
+
+        reader = threading.Thread(target=read_stream)
+        reader.start()
+        assert first.wait(15)
+        gw.process.send_signal(signal.SIGTERM)
+        reader.join(30)
+        gw.process.wait(30)
+    data = [line.removeprefix("data: ") for line in received if line.startswith("data: ")]
+    assert data[-1] != "[DONE]"
+    error = orjson.loads(data[-1])["error"]
+    assert error["code"] == "shutting_down"
+    with sqlite3.connect(tmp_path / "events.db") as db:
+        row = db.execute("SELECT status, http_status, error_code FROM inference_events").fetchone()
+    assert row == ("error", 503, "shutting_down")
