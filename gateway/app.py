@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from fastapi import FastAPI
+from fastapi.middleware.cors import CORSMiddleware
 from fastapi.openapi.utils import get_openapi
 
 from gateway import __version__
@@ -32,8 +33,9 @@ from gateway.api import (
 )
 from gateway.api.access import scoped
 from gateway.api.errors import install_error_handlers
+from gateway.api.hot_path import PATH as chat_path
 from gateway.api.hot_path import ChatHotPath
-from gateway.api.middleware import BodySizeLimit
+from gateway.api.middleware import RequestGuard
 from gateway.config.schema import GatewayConfig
 from gateway.engines.factory import Engine, build_engines, start_engines
 from gateway.errors import StoreError
@@ -125,7 +127,20 @@ def create_app(
     )
     # Starlette runs the last added outermost: the body limit sees every request first.
     app.add_middleware(ChatHotPath)
-    app.add_middleware(BodySizeLimit, max_bytes=config.limits.max_body_bytes)
+    app.add_middleware(
+        RequestGuard,
+        max_bytes=config.limits.max_body_bytes,
+        body_timeout_s=config.server.body_timeout_s,
+        skip=chat_path,  # the chat handler bounds its own body, so each refusal is an event
+    )
+    if config.server.cors_origins:
+        # Off unless configured: only these origins get CORS answers (and preflights).
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=config.server.cors_origins,
+            allow_methods=["GET", "POST"],
+            allow_headers=["authorization", "content-type"],
+        )
     install_error_handlers(app)
     app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
     # Health probes are open; chat checks its key itself, so refusals are logged as events.

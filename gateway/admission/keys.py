@@ -13,7 +13,7 @@ import secrets
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from gateway.admission.ratelimit import Quota
+from gateway.admission.ratelimit import AuthThrottle, Quota
 from gateway.config.schema import AuthSpec, Scope
 from gateway.errors import AuthenticationError, PermissionDeniedError
 
@@ -45,6 +45,8 @@ class KeyRing:
 
     def __init__(self, keys: Iterable[ApiKey]) -> None:
         self._by_hash = {k.key_hash: k for k in keys}
+        #: failed authentications, counted and throttled per client address
+        self.throttle = AuthThrottle()
 
     @classmethod
     def from_config(cls, spec: AuthSpec, env_key: str | None = None) -> KeyRing:
@@ -67,17 +69,35 @@ class KeyRing:
     def enabled(self) -> bool:
         return bool(self._by_hash)
 
-    def authenticate(self, authorization: str | None, scope: Scope) -> ApiKey | None:
-        """The key behind ``Authorization: Bearer ...``; 401 or 403 errors when refused."""
+    def authenticate(
+        self,
+        authorization: str | None,
+        scope: Scope,
+        client: str | None = None,
+        failures_per_minute: float = 20,
+    ) -> ApiKey | None:
+        """The key behind ``Authorization: Bearer ...``; 401 or 403 errors when refused.
+
+        With ``client`` (the peer's address), failures are counted and throttled: 429 once
+        the address has failed ``failures_per_minute`` times.
+        """
         if not self.enabled:
             return None
-        if not authorization or not authorization.lower().startswith("bearer "):
-            raise AuthenticationError(
-                "Missing API key: send it as 'Authorization: Bearer <key>'.", code="missing_api_key"
-            )
-        key = self._by_hash.get(hash_key(authorization[7:].strip()))
-        if key is None:
-            raise AuthenticationError("Invalid API key.")
+        if client is not None:
+            self.throttle.check(client)
+        try:
+            if not authorization or not authorization.lower().startswith("bearer "):
+                raise AuthenticationError(
+                    "Missing API key: send it as 'Authorization: Bearer <key>'.",
+                    code="missing_api_key",
+                )
+            key = self._by_hash.get(hash_key(authorization[7:].strip()))
+            if key is None:
+                raise AuthenticationError("Invalid API key.")
+        except AuthenticationError:
+            if client is not None:
+                self.throttle.failed(client, failures_per_minute)
+            raise
         if scope not in key.scopes:
             raise PermissionDeniedError(
                 f"This API key lacks the '{scope}' scope.", code="insufficient_scope"

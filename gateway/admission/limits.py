@@ -17,7 +17,8 @@ from gateway.routing.context import RequestContext
 class Admission:
     """What a request holds while it runs: a concurrency slot and its token reservation.
 
-    Built once its slot is taken (``gate.enter()``); ``release`` gives both back, once.
+    Its rates are reserved first (``reserve``), then its slot is taken (``enter``), so a
+    key over its rate never holds a slot; ``release`` gives back what it holds, once.
     """
 
     def __init__(
@@ -38,18 +39,26 @@ class Admission:
         self.key = key.name if key else f"address:{client}"
         self.reserved = 0
         self.ctx: RequestContext | None = None
+        self._in_gate = False
         self._released = False
 
     def reserve(self, tokens: int) -> None:
         self.reserved = self.limiter.admit(self.key, self.quota, tokens)
 
+    def enter(self) -> None:
+        self.gate.enter()
+        self._in_gate = True
+
     def release(self) -> None:
         if self._released:
             return
         self._released = True
-        self.gate.leave()
-        if self.reserved and self.ctx is not None:
-            self.limiter.settle(self.key, self.reserved, self.ctx.tokens)
+        if self._in_gate:
+            self.gate.leave()
+        if self.reserved:
+            # Refused before it ran (no slot): its tokens go back whole.
+            used = self.ctx.tokens if self.ctx is not None else 0
+            self.limiter.settle(self.key, self.reserved, used)
 
 
 def validate_request(body: dict[str, Any]) -> ChatCompletionRequest:

@@ -114,6 +114,46 @@ class RateLimiter:
         return bucket
 
 
+#: addresses whose failures are remembered; past it the oldest are forgotten
+MAX_THROTTLED_ADDRESSES = 10_000
+
+
+class AuthThrottle:
+    """Failed authentications per client address: ``capacity`` a minute, then 429.
+
+    Once an address has used its failures up, its requests are refused before their key is
+    looked at, so guessing runs at the refill rate and a flood of bad keys costs one dict
+    lookup each. Good keys from other addresses are untouched.
+    """
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self.clock = clock
+        self._buckets: dict[str, TokenBucket] = {}
+        self.failures = 0
+
+    def check(self, address: str) -> None:
+        bucket = self._buckets.get(address)
+        if bucket is None:
+            return
+        wait = bucket.wait_s(1)
+        if wait > 0:
+            seconds = max(1, math.ceil(wait))
+            raise RateLimitError(
+                f"Too many failed authentications from this address; retry in {seconds} s.",
+                code="auth_throttled",
+                headers={"Retry-After": str(seconds)},
+            )
+
+    def failed(self, address: str, capacity: float) -> None:
+        self.failures += 1
+        bucket = self._buckets.get(address)
+        if bucket is None:
+            if len(self._buckets) >= MAX_THROTTLED_ADDRESSES:
+                del self._buckets[next(iter(self._buckets))]  # the oldest address
+            bucket = self._buckets[address] = TokenBucket(capacity, self.clock)
+        bucket.take(1)
+
+
 class ConcurrencyGate:
     """At most ``limit`` requests in flight; the next one is refused at once with 503."""
 

@@ -11,7 +11,10 @@ from fastapi import Depends, Request
 from fastapi.params import Depends as DependsParam
 from fastapi.security import HTTPBearer
 
+from gateway.admission.keys import ApiKey
 from gateway.config.schema import Scope
+from gateway.errors import AuthenticationError
+from gateway.state import GatewayState
 
 #: the security scheme's name in the OpenAPI schema
 BEARER = "HTTPBearer"
@@ -24,11 +27,27 @@ def require(scope: Scope) -> DependsParam:
     """A router dependency that admits keys with ``scope`` (anyone when auth is off)."""
 
     async def check(request: Request) -> None:
-        keyring = request.app.state.gateway.keyring
-        keyring.authenticate(request.headers.get("authorization"), scope)
+        authenticate(request.app.state.gateway, request, scope)
 
     dependency: DependsParam = Depends(check)
     return dependency
+
+
+def authenticate(state: GatewayState, request: Request, scope: Scope) -> ApiKey | None:
+    """The request's key; failures are counted per client address and throttled (429)."""
+    client = request.client.host if request.client else "unknown"
+    return authenticate_header(state, request.headers.get("authorization"), client, scope)
+
+
+def authenticate_header(
+    state: GatewayState, authorization: str | None, client: str, scope: Scope
+) -> ApiKey | None:
+    limit = state.config.limits.auth_failures_per_minute
+    try:
+        return state.keyring.authenticate(authorization, scope, client, limit)
+    except AuthenticationError:
+        state.metrics.auth_failures.inc()
+        raise
 
 
 def scoped(scope: Scope) -> list[DependsParam]:

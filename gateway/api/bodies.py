@@ -20,14 +20,17 @@ _ERRORS: dict[int, dict[str, Any]] = {
     401: {"description": "Missing or invalid API key (when the gateway has keys)"},
     403: {"description": "The API key lacks the scope this endpoint needs"},
     404: {"description": "No such model, route, adapter or inference"},
+    408: {"description": "The request body did not arrive within server.body_timeout_s"},
     413: {"description": "The request body is over limits.max_body_bytes"},
+    415: {"description": "A request body that is not application/json"},
     429: {"description": "Rate limited: a quota of this gateway or of the upstream"},
     502: {"description": "The engine failed"},
     503: {"description": "Unavailable for now (an engine or the event database)"},
     504: {"description": "The engine did not answer in time"},
 }
-#: What any endpoint under /v1 may answer: the key ring refuses with 401 or 403.
-AUTH_ERRORS = (401, 403)
+#: What any endpoint under /v1 may answer: the key ring refuses with 401 or 403, and with 429
+#: an address that failed to authenticate too often.
+AUTH_ERRORS = (401, 403, 429)
 
 
 def error_responses(*codes: int) -> dict[int | str, dict[str, Any]]:

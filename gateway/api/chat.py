@@ -10,8 +10,9 @@ import orjson
 from fastapi import APIRouter, Request, Response
 
 from gateway.admission.limits import Admission, check_limits, estimate_tokens, validate_request
-from gateway.api.access import BEARER
+from gateway.api.access import BEARER, authenticate_header
 from gateway.api.bodies import json_body, parse_json_object
+from gateway.api.middleware import check_body_headers, read_body
 from gateway.api.streaming import DisconnectWatch, EventStream
 from gateway.errors import ClientClosedRequest, GatewayError
 from gateway.protocol import ChatCompletionRequest, ErrorResponse
@@ -37,7 +38,10 @@ _RESPONSES: dict[int | str, dict[str, Any]] = {
             },
         },
     },
-    **{code: {"model": ErrorResponse} for code in (400, 401, 403, 404, 413, 429, 502, 503, 504)},
+    **{
+        code: {"model": ErrorResponse}
+        for code in (400, 401, 403, 404, 408, 413, 415, 429, 502, 503, 504)
+    },
 }
 
 
@@ -54,26 +58,34 @@ async def create_chat_completion(request: Request) -> Response:
     dispatcher = state.dispatcher
     model: str | None = None
     admission: Admission | None = None
+    limits = state.config.limits
+    server = state.config.server
+    client = request.client.host if request.client else "unknown"
+    dispatched = False
     try:
-        key = state.keyring.authenticate(request.headers.get("authorization"), "inference")
-        # Overload is refused before the body is even read: cheap, and it never queues.
-        state.gate.enter()
-        admission = Admission(
-            limiter=state.limiter,
-            gate=state.gate,
-            limits=state.config.limits,
-            key=key,
-            client=request.client.host if request.client else "unknown",
-        )
-        body = parse_json_object(await request.body())
+        # Refused before the key is even looked at: a web page's text POST, a declared size
+        # over the limit.
+        check_body_headers(request.scope["headers"], limits.max_body_bytes)
+        key = authenticate_header(state, request.headers.get("authorization"), client, "inference")
+        # The body is read (bounded in size and time) before anything is held: a client that
+        # trickles its body holds no concurrency slot and no rate.
+        raw = await read_body(request.receive, limits.max_body_bytes, server.body_timeout_s)
+        body = parse_json_object(raw)
         model = body.get("model") if isinstance(body.get("model"), str) else None
         chat = validate_request(body)
-        check_limits(chat, state.config.limits)
+        check_limits(chat, limits)
+        admission = Admission(
+            limiter=state.limiter, gate=state.gate, limits=limits, key=key, client=client
+        )
+        # The key's own rates first, then a global slot: one key over its rate cannot take
+        # slots from the rest.
         admission.reserve(estimate_tokens(chat))
+        admission.enter()
         ctx = dispatcher.new_context()
         admission.ctx = ctx
         watching = DisconnectWatch(request.receive)
         watch: DisconnectWatch | None = watching
+        dispatched = True
         try:
             if chat.stream:
                 # The dispatcher pulls the first chunk before we answer, so a failure before
@@ -91,9 +103,9 @@ async def create_chat_completion(request: Request) -> Response:
         finally:
             if watch is not None:
                 watch.stop()
-    except ClientClosedRequest:
-        raise  # the attempt was logged as cancelled; nobody is left to answer
     except GatewayError as exc:
+        if dispatched and isinstance(exc, ClientClosedRequest):
+            raise  # the attempt was logged as cancelled; nobody is left to answer
         if INFERENCE_ID not in exc.headers:
             # Refused before any variant ran: logged too, every request is.
             exc.headers[INFERENCE_ID] = dispatcher.record_rejection(model, exc, started)

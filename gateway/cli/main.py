@@ -5,7 +5,7 @@ from __future__ import annotations
 import ipaddress
 import logging
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
@@ -22,6 +22,10 @@ from gateway.cli.eval import eval_command
 from gateway.cli.experiments import experiments_app, report
 from gateway.cli.pipelines import exemplars_app, pipelines_app
 from gateway.settings import Settings
+
+if TYPE_CHECKING:
+    from gateway.admission.http_guard import HttpGuard
+    from gateway.config.schema import ServerSpec
 
 app = typer.Typer(
     help="Switchboard: an OpenAI-compatible inference gateway.",
@@ -62,6 +66,7 @@ def serve(
     """Start the gateway (and the vLLM engines it launches)."""
     import uvicorn
 
+    from gateway.admission.http_guard import guarded_protocol
     from gateway.app import create_app
     from gateway.engines.factory import prepare_packaged_models
 
@@ -80,11 +85,16 @@ def serve(
             "included. Fix: add keys under 'auth.keys' in gateway.yaml or set GATEWAY_API_KEY."
         )
     prepare_packaged_models(cfg, settings)
+    guard = _http_guard(cfg.server, bind_host)
     uvicorn.run(
         create_app(cfg, settings, resolved=resolved),
         host=bind_host,
         port=bind_port,
         log_level=settings.log_level,
+        # uvicorn's httptools protocol with the bounds it lacks (header size, read timeouts,
+        # connections, Host and Origin): gateway/admission/http_guard.py.
+        http=guarded_protocol(guard),
+        timeout_keep_alive=cfg.server.keep_alive_s,
         # SIGTERM: stop accepting, let in-flight requests and streams finish for this long,
         # then the lifespan flushes the event log and stops vLLM.
         timeout_graceful_shutdown=cfg.reliability.drain_timeout_s,
@@ -180,6 +190,24 @@ def data_import(
         fail(f"unknown data set '{source}'; use mmlu or medmcqa")
     count = datasets.write_items(datasets.select(items, split), out)  # type: ignore[arg-type]
     console.print(f"wrote {count} of {len(items)} {source} items ({split}) to {out}")
+
+
+def _http_guard(spec: ServerSpec, bind_host: str) -> HttpGuard:
+    import resource
+
+    from gateway.admission.http_guard import HttpGuard, raise_descriptor_limit
+
+    if spec.raise_fd_limit:
+        descriptors = raise_descriptor_limit()
+    else:
+        descriptors = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    guard = HttpGuard.from_spec(spec, bind_host, descriptors)
+    if spec.max_connections is None and guard.max_connections < 64:
+        err.print(
+            f"[yellow]warning:[/yellow] the open-file limit is {descriptors}: at most "
+            f"{guard.max_connections} client connections. Raise it (ulimit -n)."
+        )
+    return guard
 
 
 def _is_loopback(host: str) -> bool:

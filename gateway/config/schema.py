@@ -103,8 +103,37 @@ ModelSpec = Annotated[VLLMModel | LiteLLMModel, Field(discriminator="engine")]
 
 
 class ServerSpec(_Spec):
+    """The HTTP server (``gateway serve``): its address and the bounds uvicorn lacks.
+
+    See ``gateway/admission/http_guard.py`` and docs/operations.md.
+    """
+
     host: str = "127.0.0.1"
     port: int = Field(default=8080, ge=1, le=65535)
+    max_header_bytes: int = Field(
+        default=16_384, ge=1024, description="request line and headers; over it: 431"
+    )
+    header_timeout_s: float = Field(
+        default=10.0, gt=0, description="from a request's first byte to its last header"
+    )
+    body_timeout_s: float = Field(default=30.0, gt=0, description="to read a whole body; 408")
+    keep_alive_s: int = Field(default=5, ge=1, description="an idle keep-alive connection")
+    max_connections: int | None = Field(
+        default=None, ge=1, description="default: from the open-file limit (see docs)"
+    )
+    probe_connections: int = Field(
+        default=8, ge=0, description="more connections, for GET /health and /ready only"
+    )
+    allowed_hosts: list[str] = Field(
+        default_factory=list,
+        description="Host names served besides loopback and the bound address; '*': any",
+    )
+    cors_origins: list[str] = Field(
+        default_factory=list, description="origins allowed cross-site requests (CORS)"
+    )
+    raise_fd_limit: bool = Field(
+        default=True, description="raise the open-file soft limit to the hard limit"
+    )
 
 
 class LimitsSpec(_Spec):
@@ -127,6 +156,9 @@ class LimitsSpec(_Spec):
     )
     tokens_per_minute: float | None = Field(
         default=None, gt=0, description="per API key: prompt and completion tokens"
+    )
+    auth_failures_per_minute: float = Field(
+        default=20, gt=0, description="per client address; then 429 until it refills"
     )
 
 

@@ -42,6 +42,11 @@ class Metrics:
             buckets=_TOKEN_BUCKETS,
             registry=self.registry,
         )
+        self.auth_failures = Counter(
+            "switchboard_auth_failures",
+            "Requests refused for a missing or wrong API key (throttled per address).",
+            registry=self.registry,
+        )
         if events is not None:
             stats = events.stats
             for name, doc, read in (

@@ -12,6 +12,7 @@ from gateway.errors import (
     PermissionDeniedError,
     RateLimitError,
 )
+from gateway.routing.retries import Cooldowns
 
 
 def ring() -> tuple[KeyRing, str, str]:
@@ -101,3 +102,28 @@ def test_concurrency_gate_refuses_at_once() -> None:
     assert info.value.headers["Retry-After"] == "1"
     gate.leave()
     gate.enter()
+
+
+def test_failed_authentications_are_throttled_per_address() -> None:
+    keys, user, _ = ring()
+    for _ in range(3):
+        with pytest.raises(AuthenticationError):
+            keys.authenticate("Bearer wrong", "inference", "10.0.0.1", 3)
+    with pytest.raises(RateLimitError) as info:  # even a good key: guesses are not checked
+        keys.authenticate(f"Bearer {user}", "inference", "10.0.0.1", 3)
+    assert info.value.code == "auth_throttled" and int(info.value.headers["Retry-After"]) >= 1
+    assert keys.authenticate(f"Bearer {user}", "inference", "10.0.0.2", 3) is not None
+    assert keys.throttle.failures == 3
+
+
+def test_one_blip_is_one_failure_for_the_cooldown() -> None:
+    now = [100.0]
+    cool = Cooldowns(threshold=2, cooldown_s=30, clock=lambda: now[0])
+    started = now[0]
+    now[0] += 1
+    # Five requests in flight together fail: one failure.
+    assert not any(cool.failure("m", started) for _ in range(5))
+    assert cool.remaining_s("m") == 0
+    now[0] += 1
+    assert cool.failure("m", now[0])  # a request started after it fails too: the second
+    assert cool.remaining_s("m") > 0

@@ -143,12 +143,16 @@ async def test_oversize_body_is_413_with_and_without_content_length(gateway: Any
         for i in range(0, len(payload), 1000):
             yield payload[i : i + 1000]
 
+    json = {"content-type": "application/json"}
     async with gateway() as (_, raw):
-        sized = await raw.post("/v1/chat/completions", content=payload)
-        streamed = await raw.post("/v1/chat/completions", content=chunked())
+        sized = await raw.post("/v1/chat/completions", content=payload, headers=json)
+        streamed = await raw.post("/v1/chat/completions", content=chunked(), headers=json)
+        untyped = await raw.post("/v1/chat/completions", content=payload)
     for resp in (sized, streamed):
         assert resp.status_code == 413
         assert resp.json()["error"]["code"] == "request_too_large"
+        assert "x-switchboard-inference-id" in resp.headers  # an event, like every request
+    assert untyped.status_code == 415  # the type is checked before anything else
 
 
 async def test_engine_errors_keep_their_status(gateway: Any) -> None:
