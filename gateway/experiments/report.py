@@ -10,7 +10,9 @@ import html
 from typing import Any
 
 from rich.console import Console
+from rich.measure import Measurement
 from rich.table import Table
+from rich.text import Text
 
 
 def num(value: Any, digits: int = 3) -> str:
@@ -204,12 +206,7 @@ def print_table(report: dict[str, Any], console: Console) -> None:
     ):
         if not rows:
             continue
-        table = Table(title=title)
-        for column in header:
-            table.add_column(column)
-        for row in rows:
-            table.add_row(*row)
-        console.print(table)
+        console.print(_fitted(console, title, header, rows))
     srm = report["sample_ratio"]
     if srm:
         console.print(
@@ -219,6 +216,31 @@ def print_table(report: dict[str, Any], console: Console) -> None:
     for line in decision_lines(report):
         console.print(line, highlight=False)
     console.print(f"[bold]Verdict:[/bold] {report['verdict']}")
+
+
+def _fitted(console: Console, title: str, header: list[str], rows: list[list[str]]) -> Table:
+    """The rows as a table when it fits the terminal; else one block per row, a line per
+    column (``label  value``), so nothing is cut at 80 columns (rich would shrink every column
+    to a few letters)."""
+    table = Table(title=title)
+    for column in header:
+        table.add_column(column)
+    for row in rows:
+        table.add_row(*row)
+    # Measured as if the terminal were unbounded: rich caps a measurement at its width.
+    natural = Measurement.get(console, console.options.update_width(10_000), table).maximum
+    if natural <= console.width:
+        return table
+    vertical = Table(title=title, show_header=False, show_lines=False, expand=True)
+    vertical.add_column("field", style="dim", ratio=2, overflow="fold")
+    vertical.add_column("value", ratio=3, overflow="fold")
+    for i, row in enumerate(rows):
+        if i:
+            vertical.add_section()
+        vertical.add_row(Text(header[0], style="bold"), Text(row[0], style="bold"))
+        for column, value in zip(header[1:], row[1:], strict=True):
+            vertical.add_row(column, value)
+    return vertical
 
 
 def to_html(reports: list[dict[str, Any]]) -> str:
