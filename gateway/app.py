@@ -38,10 +38,10 @@ from gateway.api.hot_path import ChatHotPath
 from gateway.api.middleware import RequestGuard
 from gateway.config.schema import GatewayConfig
 from gateway.engines.factory import Engine, build_engines, start_engines
-from gateway.errors import StoreError
 from gateway.events.log import EventLog
 from gateway.events.metrics import Metrics
 from gateway.events.stores import open_store
+from gateway.experiments import promotion
 from gateway.pipelines.runner import PipelineRunner
 from gateway.resolve import Resolved, resolve
 from gateway.routing.assignment import Router
@@ -85,7 +85,9 @@ def create_app(
             await adapters.preload(config.adapters.preload)
             events = await open_event_log(config, settings)
             stack.push_async_callback(events.stop)
-            router = Router(config, promotions=await _promotions(events))
+            # Promotions and rollbacks (experiments/promotion.py) survive restarts.
+            promotions = await asyncio.to_thread(promotion.load, events.store)
+            router = Router(config, promotions=promotions)
             metrics = Metrics(events)
             targets = Targets(built, adapters)
             dispatcher = Dispatcher(
@@ -189,14 +191,6 @@ async def open_event_log(config: GatewayConfig, settings: Settings) -> EventLog:
     )
     await events.start()
     return events
-
-
-async def _promotions(events: EventLog) -> dict[str, str]:
-    try:
-        return await asyncio.to_thread(events.store.overrides)
-    except StoreError as exc:
-        log.warning("promotions not loaded (%s); routes use their configured weights", exc)
-        return {}
 
 
 def _routes_retrieve(config: GatewayConfig, runner: PipelineRunner) -> bool:

@@ -12,7 +12,7 @@ from rich.console import Console
 
 from gateway.cli.common import console, fail, load_config_or_exit
 from gateway.events.stores import open_store
-from gateway.experiments.analysis import analyse
+from gateway.experiments.promotion import Promotions
 from gateway.experiments.report import print_table, to_html
 from gateway.settings import Settings
 
@@ -39,12 +39,13 @@ def report(
             fail(f"no route '{name}' in the config; routes: {', '.join(cfg.routes) or 'none'}")
     # A StoreError (the database is down) exits 1 through the root command.
     store = open_store(cfg.events.url, Settings().home / "events.db")
-    promotions = store.overrides()
-    reports = [
-        analyse(n, cfg.routes[n], store.events(n), store.feedback(n), promoted=promotions.get(n))
-        for n in names
-    ]
-    store.close()
+    # The decision is evaluated here too, so the automatic actions a route declares are taken
+    # (in the store: a running gateway follows at its next evaluation of the route or start).
+    promotions = Promotions(store)
+    try:
+        reports = [promotions.report(n, cfg.routes[n]) for n in names]
+    finally:
+        store.close()
     _emit(reports, format, out)
 
 

@@ -296,9 +296,16 @@ class ExperimentSpec(_Spec):
         default=1000, ge=10, description="units per variant where the always-valid test is tightest"
     )
     guardrails: dict[str, GuardrailSpec] = Field(default_factory=dict)
-    # Declared for the actions of issue #13; not acted on yet (the report only).
-    on_decision: Literal["report", "promote"] = "report"
-    on_guardrail_breach: Literal["report", "rollback"] = "report"
+    # Acted on when the decision is evaluated (GET /v1/experiments/{route}, gateway report):
+    # gateway/experiments/promotion.py.
+    on_decision: Literal["report", "promote"] = Field(
+        default="report", description="promote: a winner gets all traffic, automatically"
+    )
+    on_guardrail_breach: Literal["report", "rollback"] = Field(
+        default="report",
+        description="rollback: a breach sends all traffic to the control (routing has no "
+        "per-variant redirect)",
+    )
 
 
 STICKY_KEY = re.compile(r"^(user|none|header:[A-Za-z0-9-]+)$")

@@ -159,6 +159,7 @@ def analyse(
             "by_variant": {n: v["errors"] for n, v in variants.items()},
         },
         "decision": decision,
+        "actions": decision["actions"],
         "verdict": verdict(decision, result.comparisons, experiment),
         "offline": offline_runs(route, events, feedback),
     }
@@ -322,7 +323,22 @@ def verdict(
     status = decision["status"]
     lead = ""
     if decision.get("promoted"):
-        lead = f"'{decision['promoted']}' was promoted: it gets all traffic. "
+        taken = [
+            a
+            for a in decision.get("actions", [])
+            if a["action"] != "undo"
+            and not a.get("undone")
+            and a["variant"] == decision["promoted"]
+        ]
+        how = (
+            f" ({taken[-1]['action']}, {taken[-1]['actor']}: {taken[-1]['reason']})"
+            if taken
+            else ""
+        )
+        lead = (
+            f"'{decision['promoted']}' was promoted{how}: it gets all traffic, and what it gets "
+            "from then on is reported apart, never compared. "
+        )
     spans = []
     for c in comparisons:
         if c["primary"] and c["p_value"] is not None:

@@ -7,6 +7,7 @@ rule decided and whether it is safe to act.
 from __future__ import annotations
 
 import html
+import time
 from typing import Any
 
 from rich.console import Console
@@ -145,8 +146,10 @@ def decision_lines(report: dict[str, Any]) -> list[str]:
         lines.append("Reported apart, never compared: " + "; ".join(parts))
     for action in d.get("actions", []):
         undone = " (undone)" if action.get("undone") else ""
+        when = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(float(action["ts"])))
         lines.append(
-            f"Action: {action['action']} '{action['variant']}': {action['reason']}{undone}"
+            f"Action {when}: {action['action']} '{action['variant']}' by {action['actor']}: "
+            f"{action['reason']}{undone}"
         )
     return lines
 

@@ -139,7 +139,14 @@ def ratio_path(stream: Stream, arms: int) -> RatioPath:
 
     Running sums over units of ``Y_i^2``, ``N_i^2`` and ``Y_i N_i`` grow by
     ``(Y + y)^2 - Y^2`` and so on, where ``Y`` is the unit's sum before the observation.
+    Values so large that their squares overflow (a float metric of 1e300) give an infinite or
+    undefined variance, which every reader takes as "no interval yet", not an error.
     """
+    with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+        return _ratio_path(stream, arms)
+
+
+def _ratio_path(stream: Stream, arms: int) -> RatioPath:
     t = len(stream.y)
     if t == 0:
         empty = np.zeros((arms, 0))
@@ -169,10 +176,9 @@ def ratio_path(stream: Stream, arms: int) -> RatioPath:
         sy, sn = np.cumsum(y * mask), np.cumsum(n * mask)
         syy, snn, syn = np.cumsum(d_yy * mask), np.cumsum(d_nn * mask), np.cumsum(d_yn * mask)
         u = np.cumsum(first * mask)
-        with np.errstate(divide="ignore", invalid="ignore"):
-            r = sy / sn
-            resid = syy - 2 * r * syn + r * r * snn
-            var = np.maximum(resid, 0.0) / (sn * sn) * u / (u - 1)
+        r = sy / sn
+        resid = syy - 2 * r * syn + r * r * snn
+        var = np.maximum(resid, 0.0) / (sn * sn) * u / (u - 1)
         ratio[a] = np.where(sn > 0, r, np.nan)
         variance[a] = np.where((sn > 0) & (u > 1), var, np.nan)
         count[a] = u

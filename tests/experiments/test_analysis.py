@@ -189,3 +189,12 @@ def test_latency_p95_guardrail() -> None:
     fine += [{**e, "id": "b" + e["id"], "variant": "b", "key_hash": "b" + e["id"]} for e in fine]
     row = next(g for g in analyse("r", spec(text), fine, [])["guardrails"])
     assert row["breach"] is False
+
+
+@pytest.mark.filterwarnings("error")
+def test_a_metric_value_whose_square_overflows_is_no_interval_not_an_error() -> None:
+    events = [event(f"e{i}", "ab"[i % 2]) for i in range(20)]
+    feedback = [fb(f"e{i}", 1e300 if i < 2 else float(i), name="rating") for i in range(20)]
+    report = analyse("r", spec(), events, feedback)
+    assert report["variants"]["a"]["metrics"]["rating"]["ci95"] == [None, None]
+    assert report["decision"]["status"] == "running"
