@@ -49,10 +49,9 @@ def to_html(
         f"<p>Run <code>{esc(summary['run_id'])}</code> ({esc(state)}): {summary['items']} items "
         f"from <code>{esc(str(summary['data']['path']))}</code>, scorer "
         f"<code>{esc(str(summary['scorer']))}</code>, gateway {esc(str(summary['gateway']))}.</p>",
-        "<p class='note'>Accuracy intervals: seeded percentile bootstrap over items "
-        f"({summary['bootstrap']['resamples']} resamples, seed {summary['bootstrap']['seed']}). "
-        "A failed call counts as a wrong answer. Differences are paired (same items) and tested "
-        "with McNemar's test.</p>",
+        "<p class='note'>Accuracy intervals: Jeffreys. A failed call counts as a wrong answer. "
+        "Differences are paired (same items): Bonett-Price intervals, the mid-p McNemar test, "
+        "p-values Holm-adjusted over every pair.</p>",
     ]
     for title, header, rows in tables:
         parts.append(f"<h2>{esc(title)}</h2>{_table(header, rows)}")

@@ -1,8 +1,10 @@
 """An evaluation's results: per-variant figures, paired comparisons, JSON, HTML, a table.
 
 Accuracy counts a failed call as a wrong answer (errors are also listed on their own); its 95%
-interval is a seeded percentile bootstrap over items. Comparisons use only the items both
-variants finished: the paired difference with a bootstrap interval, and McNemar's test.
+interval is the Jeffreys interval. Comparisons use only the items both variants finished: the
+paired difference with the Bonett-Price interval, the mid-p McNemar test, and its p-value
+Holm-adjusted over every pair of the run (gateway/stats.py says why each, and
+bench/offline_stats.py measures them).
 """
 
 from __future__ import annotations
@@ -22,39 +24,35 @@ from gateway.evaluation.data import EvalItem
 from gateway.evaluation.html import to_html
 from gateway.experiments.analysis import mean_present, percentile
 from gateway.experiments.report import num
-from gateway.stats import (
-    RESAMPLES,
-    SEED,
-    bootstrap_mean,
-    bootstrap_paired_difference,
-    mcnemar,
-)
+from gateway.stats import holm, jeffreys, mcnemar, paired_difference
 
 Records = dict[str, dict[str, dict[str, Any]]]
-_TEST_NAMES = {"exact binomial": "exact", "chi-square, continuity corrected": "chi2"}
+#: how the report names its methods (report.json's ``methods``, the HTML page's note)
+METHODS = {
+    "accuracy": "Jeffreys 95% interval",
+    "difference": "Bonett-Price 95% interval (paired)",
+    "test": "mid-p McNemar, Holm-adjusted over every pair",
+}
 
 
 def summarise(
     manifest: dict[str, Any],
     items: Sequence[EvalItem],
     records: Records,
-    *,
-    resamples: int = RESAMPLES,
-    seed: int = SEED,
 ) -> dict[str, Any]:
     """The report of a run (complete or not) from its manifest, items and records."""
     variants: list[str] = list(manifest["chosen"])
     ids = [item.id for item in items]
     mc = [item for item in items if item.options is not None]
     figures = {
-        name: _variant(
-            [records.get(name, {})[i] for i in ids if i in records.get(name, {})],
-            resamples=resamples,
-            seed=seed,
-        )
+        name: _variant([records.get(name, {})[i] for i in ids if i in records.get(name, {})])
         for name in variants
     }
     finished = sum(f["n"] for f in figures.values())
+    comparisons = [_compare(a, b, ids, records) for a, b in combinations(variants, 2)]
+    adjusted = holm([c["mcnemar"]["p_value"] for c in comparisons])
+    for comparison, p_adjusted in zip(comparisons, adjusted, strict=True):
+        comparison["mcnemar"]["p_adjusted"] = p_adjusted
     return {
         "run_id": manifest["run_id"],
         "route": manifest["route"],
@@ -64,25 +62,22 @@ def summarise(
         "items": len(ids),
         "complete": finished == len(ids) * len(variants),
         "written": time.time(),
-        "bootstrap": {"resamples": resamples, "seed": seed, "interval": "percentile 95%"},
+        "methods": METHODS,
         "chance": sum(1 / len(i.options or {1: 1}) for i in mc) / len(mc) if mc else None,
         "gold": dict(sorted(Counter(str(i.expected) for i in mc).items())),
         "variants": figures,
-        "comparisons": [
-            _compare(a, b, ids, records, resamples=resamples, seed=seed)
-            for a, b in combinations(variants, 2)
-        ],
+        "comparisons": comparisons,
     }
 
 
-def _variant(rows: list[dict[str, Any]], *, resamples: int, seed: int) -> dict[str, Any]:
+def _variant(rows: list[dict[str, Any]]) -> dict[str, Any]:
     outcomes = [1.0 if r.get("correct") else 0.0 for r in rows]
     ok = [r for r in rows if r.get("status") == "ok"]
     correct = int(sum(outcomes))
     latencies = [float(r["latency_ms"]) for r in ok if r.get("latency_ms") is not None]
     costs = [float(r["cost"]) for r in ok if r.get("cost") is not None]
     total_cost = sum(costs) if costs else None
-    interval = bootstrap_mean(outcomes, resamples=resamples, seed=seed)
+    interval = jeffreys(correct, len(rows))
     answers = Counter(str(r["answer"]) if r.get("answer") is not None else "none" for r in rows)
     top, top_count = answers.most_common(1)[0] if answers else (None, 0)
     return {
@@ -111,16 +106,14 @@ def _variant(rows: list[dict[str, Any]], *, resamples: int, seed: int) -> dict[s
     }
 
 
-def _compare(
-    a: str, b: str, ids: list[str], records: Records, *, resamples: int, seed: int
-) -> dict[str, Any]:
+def _compare(a: str, b: str, ids: list[str], records: Records) -> dict[str, Any]:
     ra, rb = records.get(a, {}), records.get(b, {})
     paired = [i for i in ids if i in ra and i in rb]
     xa = [1.0 if ra[i].get("correct") else 0.0 for i in paired]
     xb = [1.0 if rb[i].get("correct") else 0.0 for i in paired]
     table = Counter((x, y) for x, y in zip(xa, xb, strict=True))
     test = mcnemar(int(table[(1.0, 0.0)]), int(table[(0.0, 1.0)]))
-    interval = bootstrap_paired_difference(xa, xb, resamples=resamples, seed=seed)
+    interval = paired_difference(test.a_only, test.b_only, len(paired))
     return {
         "a": a,
         "b": b,
@@ -209,7 +202,7 @@ def cost_rows(summary: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
 
 
 def comparison_rows(summary: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
-    header = ["b vs a", "pairs", "a only", "b only", "b - a [95% CI]", "McNemar p"]
+    header = ["b vs a", "pairs", "a only", "b only", "b - a [95% CI]", "McNemar p", "Holm p"]
     rows = []
     for c in summary["comparisons"]:
         low, high = c["ci95"]
@@ -223,7 +216,8 @@ def comparison_rows(summary: dict[str, Any]) -> tuple[list[str], list[list[str]]
                 str(c["table"]["a_only"]),
                 str(c["table"]["b_only"]),
                 diff,
-                f"{num(c['mcnemar']['p_value'])} ({_TEST_NAMES.get(c['mcnemar']['method'], '')})",
+                num(c["mcnemar"]["p_value"]),
+                num(c["mcnemar"].get("p_adjusted")),
             ]
         )
     return header, rows

@@ -148,8 +148,9 @@ async def test_paired_run_by_the_live_path_logs_offline_events(
     assert (pair["a"], pair["b"], pair["n"]) == ("oracle", "always_a", 6)
     assert pair["table"] == {"both": 2, "a_only": 4, "b_only": 0, "neither": 0}
     assert pair["difference"] == pytest.approx(-4 / 6)
-    # 4 discordant pairs, all one way: exact two-sided p = 2 / 2^4.
-    assert pair["mcnemar"]["p_value"] == pytest.approx(0.125)
+    # 4 discordant pairs, all one way: mid-p = 2 / 2^4 - 1 / 2^4; one pair, so Holm keeps it.
+    assert pair["mcnemar"]["p_value"] == pytest.approx(1 / 16)
+    assert pair["mcnemar"]["p_adjusted"] == pytest.approx(1 / 16)
     json_path, html_path = write_reports(plan.out, summary, records)
     assert json.loads(json_path.read_text())["variants"]["oracle"]["n"] == 6
     page = html_path.read_text()
