@@ -84,7 +84,10 @@ def create_app(
             adapters = AdapterServing(ready.registry, built)
             await adapters.preload(config.adapters.preload)
             events = await open_event_log(config, settings)
-            stack.push_async_callback(events.stop)
+            # Flushing the log gets at most the drain budget; what is left then is spooled.
+            stack.push_async_callback(
+                events.stop, min(10.0, float(config.reliability.drain_timeout_s))
+            )
             # Promotions and rollbacks (experiments/promotion.py) survive restarts.
             promotions = await asyncio.to_thread(promotion.load, events.store)
             router = Router(config, promotions=promotions)

@@ -92,10 +92,16 @@ async def create_chat_completion(request: Request) -> Response:
                 # the first byte is still an HTTP error with its status, not a 200 with an
                 # error inside.
                 stream, headers = await dispatcher.stream(chat, body, request.headers, ctx)
-                response = EventStream(stream, headers, watching, admission.release)
+                # Durable mode: the stream's [DONE] waits until its event is committed.
+                committed = state.events.waiter(headers[INFERENCE_ID])
+                response = EventStream(
+                    stream, headers, watching, admission.release, committed=committed
+                )
                 watch = admission = None  # the stream ends them
                 return response
             result, headers = await dispatcher.complete(chat, body, request.headers, ctx)
+            if state.events.durable:  # the event is committed before the answer is sent
+                await state.events.committed(headers[INFERENCE_ID])
         except asyncio.CancelledError:
             if watch is None or not watch.absorbs():
                 raise
@@ -109,6 +115,8 @@ async def create_chat_completion(request: Request) -> Response:
         if INFERENCE_ID not in exc.headers:
             # Refused before any variant ran: logged too, every request is.
             exc.headers[INFERENCE_ID] = dispatcher.record_rejection(model, exc, started)
+        if state.events.durable:  # an error's event too, before the error is sent
+            await state.events.committed(exc.headers[INFERENCE_ID])
         raise
     finally:
         if admission is not None:

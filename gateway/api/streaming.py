@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
@@ -24,6 +24,7 @@ _SSE_HEADERS = [
     (b"cache-control", b"no-cache"),
     (b"x-accel-buffering", b"no"),
 ]
+_DONE = b"data: [DONE]"
 
 
 class DisconnectWatch:
@@ -63,6 +64,8 @@ class EventStream(Response):
         headers: Mapping[str, str],
         watch: DisconnectWatch,
         on_close: Callable[[], None],
+        *,
+        committed: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
         self.status_code = 200
         self.background = None
@@ -70,13 +73,23 @@ class EventStream(Response):
         self.sse_headers = _SSE_HEADERS + [(k.encode(), v.encode()) for k, v in headers.items()]
         self.watch = watch
         self.on_close = on_close
+        #: durable mode: awaited before ``[DONE]`` and the end of the body are sent
+        self.committed = committed
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         try:
             await send({"type": "http.response.start", "status": 200, "headers": self.sse_headers})
+            held = b""
             async for chunk in self.chunks:
-                await send({"type": "http.response.body", "body": chunk, "more_body": True})
-            await send({"type": "http.response.body", "body": b"", "more_body": False})
+                if self.committed is not None:
+                    # Hold back [DONE] (or what may be its start): the client must not have
+                    # the whole answer before its event is committed.
+                    chunk, held = hold_done(held + chunk)
+                if chunk:
+                    await send({"type": "http.response.body", "body": chunk, "more_body": True})
+            if self.committed is not None:
+                await self.committed()  # the relay has recorded the event by now
+            await send({"type": "http.response.body", "body": held, "more_body": False})
         except asyncio.CancelledError as exc:
             if self.watch.absorbs():
                 pass  # the client left: the relay below is closed, ending the upstream call
@@ -94,3 +107,15 @@ class EventStream(Response):
             self.watch.stop()
             await self.chunks.aclose()  # type: ignore[attr-defined]
             self.on_close()
+
+
+def hold_done(data: bytes) -> tuple[bytes, bytes]:
+    """``data`` split into what may be sent now and what is held: from ``data: [DONE]`` on,
+    or a tail that may be its first bytes (the rest may come in the next chunk)."""
+    at = data.find(_DONE)
+    if at >= 0:
+        return data[:at], data[at:]
+    for size in range(min(len(_DONE) - 1, len(data)), 0, -1):
+        if data.endswith(_DONE[:size]):
+            return data[:-size], data[-size:]
+    return data, b""

@@ -1,11 +1,19 @@
 """The event log: one row per inference (and per feedback), never lost silently.
 
 Default mode: ``record`` puts the event on an in-memory queue and returns at once; a writer task
-sends batches to the store from a worker thread. Durable mode: ``record_durable`` commits
-before the response goes out. Either way, when the store fails the rows are appended to a spool
-file (fsynced) under ``$GATEWAY_HOME/spool`` and replayed when the store is back; inserts are
-idempotent, so a replay that is interrupted and repeated leaves no duplicates. Only a full
-queue drops rows, and drops are counted (``stats.dropped``) and exported as a metric.
+sends batches to the store from a worker thread. Durable mode: ``record`` also leaves a waiter,
+and the response is held (``committed``) until the writer has committed the event or fsynced it
+to the spool; the writer then takes whatever is queued at once instead of waiting out the flush
+interval, so concurrent requests share one commit (group commit). Either way, when the store
+fails the rows are appended to a spool file (fsynced) under ``$GATEWAY_HOME/spool`` and
+replayed when the store is back; inserts are idempotent, so a replay that is interrupted and
+repeated leaves no duplicates.
+
+When neither the store nor the spool can take a batch (one full disk under both, the default
+layout), the writer keeps the batch and tries again with a backoff, while ``record`` goes on
+queueing: only a full queue drops rows, and drops are counted (``stats.dropped``) and exported
+as a metric. A batch in hand is never cancelled out of existence: ``stop`` spools it, and stop
+finishes within its timeout whatever the store does (the stores bound every call).
 
 An outage (``StoreError``) spools a batch; a refusal of the data (``StoreDataError``: a row
 the database will never take) must not hold back the rows around it, or block the spool
@@ -19,11 +27,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import logging
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Generic, TypeVar
@@ -49,6 +58,10 @@ class EventLogStats:
     queue_depth: int = 0
     #: rows (events and feedback) the database refused as data, moved to the quarantine file
     quarantined: int = 0
+    #: times a batch could go neither to the store nor to the spool, and was kept to retry
+    retries: int = 0
+    #: durable responses sent after ``durable_timeout_s`` without their event committed
+    durable_timeouts: int = 0
 
 
 Row = TypeVar("Row", InferenceEvent, FeedbackRow)
@@ -80,6 +93,8 @@ class EventLog:
         flush_interval_s: float = 0.2,
         max_queue: int = 100_000,
         replay_interval_s: float = 5.0,
+        durable_timeout_s: float = 10.0,
+        retry_max_s: float = 1.0,
     ) -> None:
         self.store = store
         self.spool_dir = spool_dir
@@ -87,11 +102,18 @@ class EventLog:
         self.batch_size = batch_size
         self.flush_interval_s = flush_interval_s
         self.replay_interval_s = replay_interval_s
+        #: the longest a durable response waits for its event (a disk that takes nothing)
+        self.durable_timeout_s = durable_timeout_s
+        self.retry_max_s = retry_max_s
         self.stats = EventLogStats()
         self._queue: asyncio.Queue[InferenceEvent] = asyncio.Queue(maxsize=max_queue)
         # Events accepted but not yet in the store, so feedback can find them meanwhile.
         self._pending: dict[str, InferenceEvent] = {}
         self._tasks: list[asyncio.Task[None]] = []
+        # Durable mode: the response of each event waits on its future until it is kept.
+        self._waiters: dict[str, asyncio.Future[None]] = {}
+        # The writer's batch while it is being written: what stop() spools if it is cancelled.
+        self._in_hand: list[InferenceEvent] = []
         self._spool_lock = asyncio.Lock()
         self._quarantine_lock = asyncio.Lock()
 
@@ -119,7 +141,11 @@ class EventLog:
         ]
 
     async def stop(self, timeout_s: float = 10.0) -> None:
-        """Write what is queued (or spool it), then close the store."""
+        """Write what is queued within ``timeout_s``, spool the rest, then close the store.
+
+        Whatever the store does (a hung database included), this returns within about
+        ``timeout_s`` plus the time to append the leftovers to the local spool.
+        """
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self.flush(), timeout_s)
         for task in self._tasks:
@@ -127,31 +153,86 @@ class EventLog:
         for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-        leftover = []
+        # The batch the writer had in hand (it may have reached the store too: replays
+        # ignore duplicates), then whatever is still queued.
+        leftover, self._in_hand = self._in_hand, []
         while not self._queue.empty():
             item = self._queue.get_nowait()
             if item is not _WAKE:
                 leftover.append(item)
         if leftover:
-            await self._spool("event", leftover)
-        await asyncio.to_thread(self.store.close)
+            try:
+                await self._spool("event", leftover)
+            except OSError as exc:  # nothing can keep them now: count and name the loss
+                self.stats.dropped += len(leftover)
+                log.error("cannot spool %d events at shutdown (%s); dropped", len(leftover), exc)
+        self._release(leftover)
+        for waiter in self._waiters.values():
+            if not waiter.done():
+                waiter.set_result(None)
+        self._waiters.clear()
+        # A store that hangs must not hold the shutdown: its own calls are bounded, and we
+        # do not wait longer than that for it either.
+        try:
+            await asyncio.wait_for(asyncio.to_thread(self.store.close), timeout_s)
+        except (TimeoutError, StoreError) as exc:
+            log.warning("event store not closed cleanly: %s", exc or "timed out")
 
     # -- writing --------------------------------------------------------------------------------
 
     def record(self, event: InferenceEvent) -> None:
-        """Queue one event; never blocks. A full queue drops the event and counts it."""
+        """Queue one event; never blocks. A full queue drops the event and counts it.
+
+        In durable mode the event also gets a waiter: ``committed(event.id)`` returns once
+        it is in the store or the spool.
+        """
+        self._enqueue(event, wait=self.durable)
+
+    def _enqueue(self, event: InferenceEvent, *, wait: bool) -> asyncio.Future[None] | None:
         try:
             self._queue.put_nowait(event)
         except asyncio.QueueFull:
             self.stats.dropped += 1
             log.error("event log queue full: dropped event %s", event.id)
-            return
+            return None
         self._pending[event.id] = event
         self.stats.queue_depth = self._queue.qsize()
+        if not wait:
+            return None
+        waiter = self._waiters[event.id] = asyncio.get_running_loop().create_future()
+        return waiter
 
     async def record_durable(self, event: InferenceEvent) -> None:
-        """Commit one event before returning (to the store, or to the spool if it is down)."""
-        await self._write("event", self.store.write_events, [event])
+        """Queue one event and return once it is committed (to the store, or to the spool)."""
+        self._enqueue(event, wait=True)
+        await self.committed(event.id)
+
+    async def committed(self, inference_id: str) -> None:
+        """Return once the event is in the store or the spool (at once if nothing waits).
+
+        A disk that takes nothing cannot hold every answer forever: after
+        ``durable_timeout_s`` the answer goes out, the event stays queued (it is retried),
+        and ``stats.durable_timeouts`` counts the broken promise.
+        """
+        waiter = self._waiters.get(inference_id)
+        if waiter is None or waiter.done():
+            return
+        try:
+            # Shielded: a client that leaves cancels its wait, never the event's write.
+            await asyncio.wait_for(asyncio.shield(waiter), self.durable_timeout_s)
+        except TimeoutError:
+            self.stats.durable_timeouts += 1
+            log.error(
+                "event %s not committed within %g s; answering without it (it stays queued)",
+                inference_id,
+                self.durable_timeout_s,
+            )
+
+    def waiter(self, inference_id: str) -> Callable[[], Awaitable[None]] | None:
+        """Durable mode: what a response awaits before its end (None otherwise)."""
+        if not self.durable:
+            return None
+        return functools.partial(self.committed, inference_id)
 
     async def add_feedback(self, row: FeedbackRow) -> None:
         """Feedback is always written durably: it is rare and a client waits for its 201."""
@@ -163,19 +244,28 @@ class EventLog:
             self._queue.put_nowait(_WAKE)
         await self._queue.join()
 
-    async def get_event(self, inference_id: str) -> InferenceEvent | None:
+    async def get_event(self, inference_id: str, *, strict: bool = False) -> InferenceEvent | None:
+        """The event, from the queue, the store or the spool; None when it is nowhere.
+
+        ``strict``: raise ``StoreError`` when the store cannot be read and the event is not in
+        the queue or the spool (whether it exists cannot be told then) instead of None.
+        """
         pending = self._pending.get(inference_id)
         if pending is not None:
             return pending
+        failure: StoreError | None = None
         try:
             found = await asyncio.to_thread(self.store.get_event, inference_id)
-        except StoreError:
-            found = None
+        except StoreError as exc:
+            found, failure = None, exc
         if found is not None:
             return from_dict(InferenceEvent, found)
         # Not in the database: it may be spooled, also while the database can be read but not
         # written (locked, full, read-only).
-        return self._find_in_spool(inference_id)
+        spooled = await asyncio.to_thread(self._find_in_spool, inference_id)
+        if spooled is None and failure is not None and strict:
+            raise failure
+        return spooled
 
     async def _write(
         self, kind: str, write: Callable[[Sequence[Row]], None], rows: list[Row]
@@ -207,6 +297,10 @@ class EventLog:
         except StoreError as exc:
             stored.outage, stored.unwritten = exc, rows
             return stored
+        except Exception as exc:  # a store bug must not lose the rows: taken as an outage
+            log.exception("the event store failed unexpectedly")
+            stored.outage, stored.unwritten = StoreError(f"{type(exc).__name__}: {exc}"), rows
+            return stored
         else:
             stored.written = len(rows)
             return stored
@@ -224,13 +318,33 @@ class EventLog:
 
     async def _writer(self) -> None:
         while True:
-            first = await self._queue.get()
-            batch = [] if first is _WAKE else [first]
-            woken = first is _WAKE
-            deadline = time.monotonic() + self.flush_interval_s
-            # Collect a batch until it is full, the interval is over, or a flush wakes us (a
-            # batch in hand must not wait out the interval while the gateway shuts down).
-            while not woken and len(batch) < self.batch_size:
+            batch, woken = await self._next_batch()
+            # Until it is kept, the batch is in hand: stop() spools it if we are cancelled.
+            self._in_hand = batch
+            if batch:
+                await self._keep(batch)
+            self._in_hand = []
+            self._release(batch)
+            for _ in range(len(batch) + woken):
+                self._queue.task_done()
+            self.stats.queue_depth = self._queue.qsize()
+
+    async def _next_batch(self) -> tuple[list[InferenceEvent], bool]:
+        """Up to ``batch_size`` events, and whether a flush asked for them now.
+
+        Batched mode collects until the batch is full or the flush interval is over; durable
+        mode takes what is queued at once (responses wait on it), which still groups the
+        events of concurrent requests into one commit.
+        """
+        first = await self._queue.get()
+        batch = [] if first is _WAKE else [first]
+        woken = first is _WAKE
+        wait_s = 0.0 if self.durable else self.flush_interval_s
+        deadline = time.monotonic() + wait_s
+        while not woken and len(batch) < self.batch_size:
+            try:
+                item = self._queue.get_nowait()
+            except asyncio.QueueEmpty:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     break
@@ -238,23 +352,42 @@ class EventLog:
                     item = await asyncio.wait_for(self._queue.get(), remaining)
                 except TimeoutError:
                     break
-                if item is _WAKE:
-                    woken = True
-                else:
-                    batch.append(item)
+            if item is _WAKE:
+                woken = True  # a batch in hand must not wait out the interval at shutdown
+            else:
+                batch.append(item)
+        return batch, woken
+
+    async def _keep(self, batch: list[InferenceEvent]) -> None:
+        """Write the batch to the store or the spool, trying again until one takes it.
+
+        Neither taking it means the disk under both is full (or gone): the rows wait here,
+        and ``record`` keeps queueing behind them, so only a full queue drops.
+        """
+        delay = 0.05
+        while True:
             try:
-                if batch:
-                    await self._write("event", self.store.write_events, batch)
-            except Exception:  # a store bug must not stop the writer: keep the rows
-                log.exception("writing %d events failed; spooling them", len(batch))
-                await self._spool_or_drop(batch)
-            finally:
-                for event in batch:
-                    self._pending.pop(event.id, None)
-                    self._queue.task_done()
-                if woken:
-                    self._queue.task_done()
-                self.stats.queue_depth = self._queue.qsize()
+                await self._write("event", self.store.write_events, batch)
+                return
+            except (OSError, ValueError) as exc:
+                self.stats.retries += 1
+                if self.stats.retries == 1 or delay >= self.retry_max_s:
+                    log.error(
+                        "neither the event store nor the spool takes %d events (%s); "
+                        "keeping them queued and retrying",
+                        len(batch),
+                        exc,
+                    )
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, self.retry_max_s)
+
+    def _release(self, batch: Sequence[InferenceEvent]) -> None:
+        """The batch is kept (or given up at shutdown): forget it, and answer its waiters."""
+        for event in batch:
+            self._pending.pop(event.id, None)
+            waiter = self._waiters.pop(event.id, None)
+            if waiter is not None and not waiter.done():
+                waiter.set_result(None)
 
     # -- spool and replay -----------------------------------------------------------------------
 
@@ -268,13 +401,6 @@ class EventLog:
             await asyncio.to_thread(_append_synced, self.spool_path, lines)
         if kind == "event":
             self.stats.spooled += len(rows)
-
-    async def _spool_or_drop(self, rows: list[InferenceEvent]) -> None:
-        try:
-            await self._spool("event", rows)
-        except (OSError, ValueError) as exc:  # the spool's disk fails too: nothing can keep them
-            self.stats.dropped += len(rows)
-            log.error("cannot spool %d events (%s); dropped", len(rows), exc)
 
     async def _quarantine(self, kind: str, refused: list[tuple[Line, StoreDataError]]) -> None:
         """Set rows the store refused as data aside, fsynced, so they block nothing."""

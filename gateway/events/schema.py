@@ -9,11 +9,11 @@ access (``operator.attrgetter`` over the fields) to turn a row into the values o
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import operator
 import time
 import types
 import typing
-import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -75,9 +75,14 @@ class FeedbackRow:
     def new(
         cls, *, inference_id: str, name: str, kind: str, value: float | None, text: str | None
     ) -> FeedbackRow:
-        """A new feedback row: its id and time are given here, the one place rows are made."""
+        """A new feedback row: its id and time are given here, the one place rows are made.
+
+        The id is the (inference, metric) pair's: feedback is one row per pair (the stores
+        upsert it), and a replayed POST answers the same id.
+        """
+        pair = hashlib.sha256(f"{inference_id}\0{name}".encode()).hexdigest()[:32]
         return cls(
-            id=f"fb-{uuid.uuid4().hex}",
+            id=f"fb-{pair}",
             inference_id=inference_id,
             name=name,
             kind=kind,

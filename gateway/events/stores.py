@@ -2,7 +2,15 @@
 
 Stores are synchronous and thread-safe; the event log calls them from worker threads so the
 event loop never waits on a database. Every insert is ``ON CONFLICT (id) DO NOTHING``, which
-makes replaying a spool after an outage idempotent.
+makes replaying a spool after an outage idempotent. Feedback is one row per (inference, metric):
+a later value replaces an earlier one (``ON CONFLICT (inference_id, name) DO UPDATE``, by time,
+so a late replay of an older value never wins).
+
+Every call is bounded in time, whatever the database does: SQLite waits ``busy_timeout_s`` for
+another process's lock; PostgreSQL gets a ``connect_timeout``, a server-side
+``statement_timeout``, and a client-side watchdog that severs the socket of a statement that
+outlives both (a SIGSTOPped server still completes TCP handshakes and ACKs our bytes, so only
+the client can give up). A caller waiting for the store's lock gives up too.
 
 Failures come in two kinds, which the event log treats differently: ``StoreError`` is an outage
 (locked, full, read-only, unreachable: the same rows will go in later), and its subclass
@@ -15,10 +23,14 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import math
+import os
+import re
+import socket
 import sqlite3
 import threading
 from abc import ABC, abstractmethod
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -37,6 +49,9 @@ log = logging.getLogger(__name__)
 
 EVENT_COLUMNS = columns(InferenceEvent)
 FEEDBACK_COLUMNS = columns(FeedbackRow)
+#: the largest feedback value kept (either sign): a million of them still sum exactly enough,
+#: and far below where a sum overflows to inf (1.7e308 turned a variant's mean into null)
+MAX_FEEDBACK_VALUE = 1e12
 
 
 def _table(name: str, row_type: type[InferenceEvent | FeedbackRow]) -> str:
@@ -81,6 +96,17 @@ def added_columns(
         for name, sql in typed.items()
         if name not in have and ("NOT NULL" not in sql or "DEFAULT" in sql)
     ]
+
+
+FEEDBACK_UNIQUE_INDEX = "feedback_inference_name"
+#: one feedback row per (inference, metric): a database from before that keeps each pair's
+#: latest row, then gains the unique index the upsert needs
+FEEDBACK_UNIQUE = [
+    "DELETE FROM feedback WHERE EXISTS (SELECT 1 FROM feedback newer "
+    "WHERE newer.inference_id = feedback.inference_id AND newer.name = feedback.name "
+    "AND (newer.ts > feedback.ts OR (newer.ts = feedback.ts AND newer.id > feedback.id)))",
+    f"CREATE UNIQUE INDEX IF NOT EXISTS {FEEDBACK_UNIQUE_INDEX} ON feedback (inference_id, name)",
+]
 
 
 #: the tables whose columns come from a row type, for ``added_columns``
@@ -154,9 +180,20 @@ class _SQLStore(ABC):
 
     url: str
     placeholder = "?"
+    #: how long a call waits for another thread's call to end before it gives up (an outage)
+    lock_timeout_s = 10.0
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
+
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[None]:
+        if not self._lock.acquire(timeout=self.lock_timeout_s):
+            raise StoreError(f"{self.url}: the database is busy (waited {self.lock_timeout_s} s)")
+        try:
+            yield
+        finally:
+            self._lock.release()
 
     @abstractmethod
     def _execute(self, sql: str, params: Iterable[Sequence[Any]] | None = None) -> None: ...
@@ -182,7 +219,20 @@ class _SQLStore(ABC):
 
     def write_feedback(self, rows: Sequence[FeedbackRow]) -> None:
         if rows:
-            sql = self._insert_sql("feedback", FEEDBACK_COLUMNS)
+            for row in rows:
+                if row.value is not None and not abs(row.value) <= MAX_FEEDBACK_VALUE:
+                    raise StoreDataError(
+                        f"feedback {row.id}: value {row.value} is beyond +-{MAX_FEEDBACK_VALUE:g}"
+                    )
+            marks = ", ".join([self.placeholder] * len(FEEDBACK_COLUMNS))
+            # The latest value of a metric wins; the id stays the first row's (with ids made
+            # from the pair, as FeedbackRow.new makes them, it is the same id anyway).
+            sql = (
+                f"INSERT INTO feedback ({', '.join(FEEDBACK_COLUMNS)}) VALUES ({marks}) "
+                "ON CONFLICT (inference_id, name) DO UPDATE SET kind = excluded.kind, "
+                "value = excluded.value, text = excluded.text, ts = excluded.ts "
+                "WHERE excluded.ts >= feedback.ts"
+            )
             self._execute(sql, [_feedback_values(r) for r in rows])
 
     def get_event(self, inference_id: str) -> dict[str, Any] | None:
@@ -257,6 +307,8 @@ class SQLiteStore(_SQLStore):
         super().__init__()
         self.url = f"sqlite:///{path}"
         self.path = path
+        # Behind another thread's call, which may itself wait out the busy timeout.
+        self.lock_timeout_s = 2 * busy_timeout_s + 1
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             # Shared across worker threads; the lock serialises use. A write waits up to
@@ -270,6 +322,13 @@ class SQLiteStore(_SQLStore):
                 info = self._conn.execute(f"PRAGMA table_info({table})").fetchall()
                 for statement in added_columns(table, row_type, (r[1] for r in info)):
                     self._conn.execute(statement)
+            unique = self._conn.execute(
+                "SELECT 1 FROM sqlite_master WHERE type = 'index' AND name = ?",
+                [FEEDBACK_UNIQUE_INDEX],
+            ).fetchone()
+            if unique is None:
+                for statement in FEEDBACK_UNIQUE:
+                    self._conn.execute(statement)
             self._conn.commit()
         except (sqlite3.Error, OSError) as exc:
             raise StoreError(
@@ -278,7 +337,7 @@ class SQLiteStore(_SQLStore):
             ) from exc
 
     def _execute(self, sql: str, params: Iterable[Sequence[Any]] | None = None) -> None:
-        with self._lock:
+        with self._locked():
             try:
                 if params is None:
                     self._conn.execute(sql)
@@ -291,7 +350,7 @@ class SQLiteStore(_SQLStore):
                 raise _sqlite_error(self.path, exc) from exc
 
     def _query(self, sql: str, params: Sequence[Any] = ()) -> tuple[list[str], list[Any]]:
-        with self._lock:
+        with self._locked():
             try:
                 cursor = self._conn.execute(sql, params)
                 return [d[0] for d in cursor.description], cursor.fetchall()
@@ -299,21 +358,46 @@ class SQLiteStore(_SQLStore):
                 raise StoreError(f"{self.path}: {exc}") from exc
 
     def close(self) -> None:
-        with self._lock:
+        with self._locked():
             self._conn.close()
 
 
 class PostgresStore(_SQLStore):
-    """PostgreSQL through psycopg 3; reconnects on the next call after a failure."""
+    """PostgreSQL through psycopg 3; reconnects on the next call after a failure.
+
+    Bounded three ways (the URL's own ``connect_timeout`` and ``options=-c statement_timeout=``
+    win over the defaults): connecting, each statement on the server, and, for a server that
+    hangs (stopped, or a network that drops packets), a watchdog that shuts the socket down
+    when a call outlives both, so the blocked thread returns with an error and its rows are
+    spooled.
+    """
 
     placeholder = "%s"
 
-    def __init__(self, url: str) -> None:
+    def __init__(
+        self, url: str, *, connect_timeout_s: float = 3.0, statement_timeout_s: float = 5.0
+    ) -> None:
+        from psycopg.conninfo import conninfo_to_dict
+
         super().__init__()
         self.url = url
         self._conn: Any = None
+        params = conninfo_to_dict(url)
+        connect_s = float(params.get("connect_timeout") or connect_timeout_s)
+        options = str(params.get("options") or "")
+        given = _statement_timeout_s(options)
+        if given is None:
+            options = f"{options} -c statement_timeout={round(statement_timeout_s * 1000)}"
+        statement_s = given if given else statement_timeout_s
+        self._connect_kwargs: dict[str, Any] = {
+            "connect_timeout": max(1, math.ceil(connect_s)),
+            "options": options.strip(),
+        }
+        #: the longest one call may take: connecting, then one statement, then a margin
+        self.io_timeout_s = connect_s + statement_s + 1.0
+        self.lock_timeout_s = self.io_timeout_s + 1.0
         try:
-            with self._lock:
+            with self._locked(), self._watchdog():
                 self._connect()
         except StoreError as exc:
             # Start anyway: the event log spools until the database is back.
@@ -324,7 +408,7 @@ class PostgresStore(_SQLStore):
 
         if self._conn is None or self._conn.closed:
             try:
-                self._conn = psycopg.connect(self.url, connect_timeout=3)
+                self._conn = psycopg.connect(self.url, **self._connect_kwargs)
                 with self._conn.cursor() as cur:
                     for statement in SCHEMA:
                         cur.execute(statement)
@@ -337,55 +421,107 @@ class PostgresStore(_SQLStore):
                         have = [r[0] for r in cur.fetchall()]
                         for statement in added_columns(table, row_type, have):
                             cur.execute(statement)
+                    cur.execute(
+                        "SELECT 1 FROM pg_indexes WHERE indexname = %s "
+                        "AND schemaname = current_schema()",
+                        [FEEDBACK_UNIQUE_INDEX],
+                    )
+                    if cur.fetchone() is None:
+                        for statement in FEEDBACK_UNIQUE:
+                            cur.execute(statement)
                 self._conn.commit()
             except psycopg.Error as exc:
+                if self._conn is not None:
+                    with contextlib.suppress(psycopg.Error):
+                        self._conn.close()
                 self._conn = None
                 raise StoreError(f"PostgreSQL at {_redact(self.url)}: {exc}") from exc
         return self._conn
 
+    @contextlib.contextmanager
+    def _watchdog(self) -> Iterator[None]:
+        """Sever the connection if the call inside outlives ``io_timeout_s``."""
+        timer = threading.Timer(self.io_timeout_s, self._sever)
+        timer.daemon = True
+        timer.start()
+        try:
+            yield
+        finally:
+            timer.cancel()
+            timer.join()  # a sever under way ends before the connection may be closed
+
+    def _sever(self) -> None:
+        conn = self._conn
+        if conn is None or conn.closed:
+            return
+        log.warning(
+            "PostgreSQL at %s answered nothing for %g s; closing the connection",
+            _redact(self.url),
+            self.io_timeout_s,
+        )
+        with contextlib.suppress(Exception):
+            # Shutting the socket down (not closing the descriptor psycopg owns) wakes the
+            # thread blocked on it: its read ends, and psycopg raises OperationalError.
+            sock = socket.socket(fileno=os.dup(conn.pgconn.socket))
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            finally:
+                sock.close()
+
     def _execute(self, sql: str, params: Iterable[Sequence[Any]] | None = None) -> None:
         import psycopg
 
-        with self._lock:
-            conn = self._connect()
+        with self._locked():
             try:
-                with conn.cursor() as cur:
-                    if params is None:
-                        cur.execute(sql)
-                    else:
-                        cur.executemany(sql, list(params))
-                conn.commit()
+                with self._watchdog():
+                    conn = self._connect()
+                    with conn.cursor() as cur:
+                        if params is None:
+                            cur.execute(sql)
+                        else:
+                            cur.executemany(sql, list(params))
+                    conn.commit()
             except (psycopg.Error, OverflowError, UnicodeEncodeError) as exc:
-                self._drop(conn)
+                self._drop()
                 raise _postgres_error(self.url, exc) from exc
 
     def _query(self, sql: str, params: Sequence[Any] = ()) -> tuple[list[str], list[Any]]:
         import psycopg
 
-        with self._lock:
-            conn = self._connect()
+        with self._locked():
             try:
-                with conn.cursor() as cur:
-                    cur.execute(sql, params)
-                    rows = cur.fetchall()
-                    columns = [d.name for d in cur.description]
-                conn.commit()
+                with self._watchdog():
+                    conn = self._connect()
+                    with conn.cursor() as cur:
+                        cur.execute(sql, params)
+                        rows = cur.fetchall()
+                        columns = [d.name for d in cur.description]
+                    conn.commit()
                 return columns, rows
             except psycopg.Error as exc:
-                self._drop(conn)
+                self._drop()
                 raise StoreError(f"PostgreSQL at {_redact(self.url)}: {exc}") from exc
 
-    def _drop(self, conn: Any) -> None:
-        try:
-            conn.close()
-        finally:
-            self._conn = None
+    def _drop(self) -> None:
+        import psycopg
+
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            with contextlib.suppress(psycopg.Error):
+                conn.close()
 
     def close(self) -> None:
-        with self._lock:
-            if self._conn is not None:
-                self._conn.close()
-                self._conn = None
+        with self._locked():
+            self._drop()
+
+
+def _statement_timeout_s(options: str) -> float | None:
+    """The ``statement_timeout`` a libpq ``options`` string sets, in seconds (None: not set)."""
+    found = re.search(r"statement_timeout\s*=\s*(\d+)\s*(ms|s|min)?", options)
+    if found is None:
+        return None
+    scale = {"ms": 0.001, "s": 1.0, "min": 60.0}[found.group(2) or "ms"]
+    return int(found.group(1)) * scale
 
 
 def _postgres_error(url: str, exc: Exception) -> StoreError:
