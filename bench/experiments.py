@@ -1,4 +1,5 @@
-"""The experiment statistics, measured: ``python -m bench.experiments [--reps N] [--seed S]``.
+"""The experiment statistics, measured: ``python -m bench.experiments [--reps N] [--seed S]``
+(``--case coverage --sizes 100`` runs one case at one size; ``--help`` lists the cases).
 
 Every figure comes from the product's own code: ``gateway.experiments.decision.evaluate`` (the
 core ``analyse`` calls) on simulated streams shaped like the store's rows, and ``analyse``
@@ -271,14 +272,33 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--reps", type=int, default=2000, help="experiments per case")
     parser.add_argument("--seed", type=int, default=2026)
+    parser.add_argument(
+        "--case",
+        action="append",
+        choices=CASES,
+        help="run only this case (repeatable); default: all. Each case draws from its own "
+        "generator, seeded from --seed and the case's place in the list, so a case's figures "
+        "do not depend on which others run",
+    )
+    parser.add_argument(
+        "--sizes",
+        default="100,500,2000",
+        help="users per arm for the coverage case, comma-separated",
+    )
     args = parser.parse_args(argv)
-    rng = np.random.default_rng(args.seed)
     reps = args.reps
-    print(f"bench.experiments: {reps} experiments per case, seed {args.seed}")
+    chosen = args.case or list(CASES)
+    print(f"bench.experiments: {reps} experiments per case, seed {args.seed}, cases {chosen}")
+    for name in chosen:
+        rng = np.random.default_rng([args.seed, list(CASES).index(name)])
+        CASES[name](rng, reps, [int(s) for s in args.sizes.split(",")])
 
-    def line(label: str, text: str, started: float) -> None:
-        print(f"  {label:<78} {text:>16}   ({time.perf_counter() - started:.0f} s)", flush=True)
 
+def line(label: str, text: str, started: float) -> None:
+    print(f"  {label:<78} {text:>16}   ({time.perf_counter() - started:.0f} s)", flush=True)
+
+
+def case_aa(rng: np.random.Generator, reps: int, _sizes: list[int]) -> None:
     start = time.perf_counter()
     w, a = aa_false_winners(rng, reps, k=2, users=2000, max_requests=1)
     line(
@@ -294,6 +314,9 @@ def main(argv: list[str] | None = None) -> None:
         start,
     )
     line("  same: sample-ratio false alarms", rate(a, reps), start)
+
+
+def case_four(rng: np.random.Generator, reps: int, _sizes: list[int]) -> None:
     start = time.perf_counter()
     w, a = aa_false_winners(rng, reps, k=4, users=500, max_requests=20)
     line(
@@ -302,7 +325,10 @@ def main(argv: list[str] | None = None) -> None:
         start,
     )
     line("  same: sample-ratio false alarms", rate(a, reps), start)
-    for n in (100, 500, 2000):
+
+
+def case_coverage(rng: np.random.Generator, reps: int, sizes: list[int]) -> None:
+    for n in sizes:
         start = time.perf_counter()
         one, arm, always = coverage(rng, reps, n=n, max_requests=20)
         line(
@@ -317,6 +343,9 @@ def main(argv: list[str] | None = None) -> None:
                 rate(always, reps),
                 start,
             )
+
+
+def case_power(rng: np.random.Generator, reps: int, _sizes: list[int]) -> None:
     start = time.perf_counter()
     power_reps = max(200, reps // 4)
     stops = stopping_users(rng, power_reps, lift=(0.30, 0.35), max_users=4000)
@@ -333,6 +362,9 @@ def main(argv: list[str] | None = None) -> None:
         f"{float(np.median(stops[found])):,.0f}",
         start,
     )
+
+
+def case_rows(rng: np.random.Generator, reps: int, _sizes: list[int]) -> None:
     row_reps = max(100, reps // 10)
     start = time.perf_counter()
     w, _ = row_case(rng, row_reps, lambda: rows(rng, users=300, b_fails_hard=0.1))
@@ -348,6 +380,16 @@ def main(argv: list[str] | None = None) -> None:
         rate(w, row_reps),
         start,
     )
+
+
+Case = Callable[[np.random.Generator, int, list[int]], None]
+CASES: dict[str, Case] = {
+    "aa": case_aa,
+    "four": case_four,
+    "coverage": case_coverage,
+    "power": case_power,
+    "rows": case_rows,
+}
 
 
 if __name__ == "__main__":
