@@ -32,10 +32,63 @@ class ContentPart(BaseModel):
         return self
 
 
+#: OpenAI's rule for function names (tools, tool calls, a named tool_choice)
+_FUNCTION_NAME = r"^[a-zA-Z0-9_-]{1,64}$"
+
+
+class FunctionCall(BaseModel):
+    model_config = _REQUEST
+    name: str = Field(pattern=_FUNCTION_NAME)
+    #: a JSON object as a string, as the model wrote it (OpenAI never parses it)
+    arguments: str
+
+
+class ToolCall(BaseModel):
+    """One call in an assistant message's ``tool_calls``, as the client sends it back."""
+
+    model_config = _REQUEST
+    id: str = Field(min_length=1)
+    type: Literal["function"] = "function"
+    function: FunctionCall
+
+
 class ChatMessage(BaseModel):
     model_config = _REQUEST
     role: Literal["system", "developer", "user", "assistant", "tool"]
     content: str | list[ContentPart] | None = None
+    name: str | None = None
+    #: assistant messages: the calls the model made (content may then be null)
+    tool_calls: list[ToolCall] | None = None
+    #: tool messages: the call this message answers
+    tool_call_id: str | None = None
+
+
+class FunctionDefinition(BaseModel):
+    model_config = _REQUEST
+    name: str = Field(pattern=_FUNCTION_NAME)
+    description: str | None = None
+    #: a JSON Schema object; the engine checks it when it constrains a call to it
+    parameters: dict[str, Any] | None = None
+    strict: bool | None = None
+
+
+class Tool(BaseModel):
+    model_config = _REQUEST
+    type: Literal["function"]
+    function: FunctionDefinition
+
+
+class NamedFunction(BaseModel):
+    model_config = _REQUEST
+    name: str = Field(pattern=_FUNCTION_NAME)
+
+
+class NamedToolChoice(BaseModel):
+    """``tool_choice: {"type": "function", "function": {"name": ...}}``: this call, forced."""
+
+    model_config = _REQUEST
+    type: Literal["function"]
+    function: NamedFunction
 
 
 class StreamOptions(BaseModel):
@@ -124,6 +177,9 @@ class ChatCompletionRequest(BaseModel):
     logprobs: bool | None = None
     top_logprobs: int | None = Field(default=None, ge=0, le=20)
     logit_bias: dict[str, float] | None = None
+    tools: list[Tool] | None = None
+    tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
+    parallel_tool_calls: bool | None = None
     #: Switchboard's extension; pipelines strip it before anything goes to an engine
     switchboard: SwitchboardExtension | None = None
 
@@ -137,12 +193,43 @@ class ChatCompletionRequest(BaseModel):
             # OpenAI refuses these too; an engine would render an empty turn without a word.
             if message.content is None and message.role in _CONTENT_REQUIRED:
                 raise ValueError(f"messages[{i}].content: a {message.role} message needs content")
+            _check_tool_turn(i, message)
+        _check_tool_choice(self.tools, self.tool_choice)
         return self
+
+    @property
+    def uses_tools(self) -> bool:
+        """Whether the model may (or must) call one of the request's tools."""
+        return bool(self.tools) and self.tool_choice != "none"
 
     @property
     def output_limit(self) -> int | None:
         """The completion-token bound the client asked for, whichever name it used."""
         return self.max_completion_tokens or self.max_tokens
+
+
+def _check_tool_turn(i: int, message: ChatMessage) -> None:
+    # OpenAI's own rules: a tool result names its call; only the assistant makes calls.
+    if message.role == "tool" and not message.tool_call_id:
+        raise ValueError(f"messages[{i}].tool_call_id: a tool message needs the id of its call")
+    if message.tool_calls is not None and message.role != "assistant":
+        raise ValueError(f"messages[{i}].tool_calls: only assistant messages make tool calls")
+
+
+def _check_tool_choice(
+    tools: list[Tool] | None, choice: Literal["none", "auto", "required"] | NamedToolChoice | None
+) -> None:
+    if choice is None:
+        return
+    if not tools:
+        raise ValueError("tool_choice: only allowed when 'tools' are given")
+    if isinstance(choice, NamedToolChoice):
+        names = [tool.function.name for tool in tools]
+        if choice.function.name not in names:
+            raise ValueError(
+                f"tool_choice: the function '{choice.function.name}' is not among the tools "
+                f"({', '.join(names)})"
+            )
 
 
 class ModelCard(BaseModel):
@@ -207,7 +294,7 @@ def invalid_from_validation(exc: ValidationError) -> InvalidRequestError:
     message = str(err["msg"]).removeprefix("Value error, ")
     if param is None and ": " in message:
         # Cross-field checks say which field they are about before the colon.
-        param = message.split(": ", 1)[0]
+        param, message = message.split(": ", 1)
     where = f"'{param}': " if param else ""
     more = f" (and {exc.error_count() - 1} more problems)" if exc.error_count() > 1 else ""
     return InvalidRequestError(f"Invalid request: {where}{message}{more}", param=param)

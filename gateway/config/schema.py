@@ -36,6 +36,17 @@ class LaunchSpec(_Spec):
     env: dict[str, str] = Field(default_factory=dict)
     startup_timeout_s: float = Field(default=600.0, gt=0)
     restart_backoff_max_s: float = Field(default=60.0, gt=0)
+    tool_parser: str | None = Field(
+        default="auto",
+        pattern=r"^[a-z0-9_.-]{1,64}$",
+        description="vLLM's tool-call parser for this model's output (hermes, llama3_json, "
+        "mistral, qwen3_xml, ...); 'auto': by model family (README), null: no tool calling",
+    )
+    chat_template: str | None = Field(
+        default=None,
+        description="a Jinja chat template file (relative to this file); default: the model's "
+        "own, or for packaged models the packaged ChatML template with tools",
+    )
 
     @field_validator("args")
     @classmethod
@@ -44,6 +55,14 @@ class LaunchSpec(_Spec):
         for flag in ("--host", "--port", "--served-model-name", "--model"):
             if any(a == flag or a.startswith(flag + "=") for a in args):
                 raise ValueError(f"'{flag}' is set by the gateway; remove it from args")
+        # Tool calling is a setting the gateway reasons about, so it is not hidden in args.
+        for flag, key in (
+            ("--tool-call-parser", "tool_parser"),
+            ("--enable-auto-tool-choice", "tool_parser"),
+            ("--chat-template", "chat_template"),
+        ):
+            if any(a == flag or a.startswith(flag + "=") for a in args):
+                raise ValueError(f"'{flag}' is set by the gateway; use launch.{key} instead")
         return args
 
 

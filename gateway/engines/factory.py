@@ -9,6 +9,7 @@ from pathlib import Path
 from gateway.config.schema import (
     PACKAGED_PREFIX,
     GatewayConfig,
+    LaunchSpec,
     LiteLLMModel,
     ModelSpec,
     VLLMModel,
@@ -54,7 +55,7 @@ def build_engine(
         model_id=model_id,
         model=target,
         served_name=upstream,
-        args=launch.args,
+        args=[*launch.args, *tool_args(launch, base_dir)],
         env=launch.env,
         logs_dir=settings.logs_dir,
         run_dir=settings.run_dir,
@@ -82,6 +83,50 @@ def launch_target(model: str, settings: Settings, base_dir: Path | None) -> tupl
     if model.startswith(("/", "./", "../", "~")):
         return str(model_path(model, base_dir)), True
     return model, False
+
+
+#: The packaged ChatML template with tools (the packaged SmolLM2's own template has none).
+CHATML_TOOLS_TEMPLATE = Path(__file__).parent / "templates" / "chatml_tools.jinja"
+
+#: ``tool_parser: auto`` for hub models: vLLM's parser for the format each family was trained to
+#: emit, matched on the lower-cased model id (first match wins). Families not listed get none.
+FAMILY_PARSERS: tuple[tuple[str, str], ...] = (
+    ("llama-4", "llama4_pythonic"),
+    ("llama-3", "llama3_json"),
+    ("llama3", "llama3_json"),
+    ("mistral", "mistral"),
+    ("mixtral", "mistral"),
+    ("qwen3-coder", "qwen3_xml"),
+    ("qwen", "hermes"),
+    ("hermes", "hermes"),
+    ("granite", "granite"),
+)
+
+
+def tool_parser_for(launch: LaunchSpec) -> str | None:
+    """The vLLM tool-call parser a launched model gets, or None for no tool calling."""
+    if launch.tool_parser != "auto":
+        return launch.tool_parser
+    if launch.model.startswith(PACKAGED_PREFIX):
+        return "hermes"  # with CHATML_TOOLS_TEMPLATE, which writes hermes' <tool_call> format
+    name = launch.model.lower()
+    return next((parser for family, parser in FAMILY_PARSERS if family in name), None)
+
+
+def tool_args(launch: LaunchSpec, base_dir: Path | None) -> list[str]:
+    """vLLM flags for tool calling (and the chat template it needs)."""
+    args: list[str] = []
+    template: Path | None = None
+    if launch.chat_template is not None:
+        template = model_path(launch.chat_template, base_dir)
+    elif launch.model.startswith(PACKAGED_PREFIX):
+        template = CHATML_TOOLS_TEMPLATE
+    if template is not None:
+        args += ["--chat-template", str(template)]
+    parser = tool_parser_for(launch)
+    if parser is not None:
+        args += ["--enable-auto-tool-choice", "--tool-call-parser", parser]
+    return args
 
 
 async def build_engines(config: GatewayConfig, settings: Settings) -> dict[str, Engine]:

@@ -20,13 +20,13 @@ from yarl import URL
 
 from gateway.engines.base import EngineHealth
 from gateway.engines.supervisor import VLLMSupervisor
+from gateway.engines.vllm_errors import rejected_error
 from gateway.errors import (
     EngineError,
     EngineTimeoutError,
     EngineUnavailableError,
     GatewayError,
     UpstreamRateLimitedError,
-    UpstreamRejectedError,
 )
 
 _JSON = {"content-type": "application/json"}
@@ -242,7 +242,8 @@ def upstream_error(
     """Map a non-200 answer from an OpenAI-compatible upstream to the gateway's error tree."""
     message = _upstream_message(content) or f"HTTP {status}"
     if status in (400, 422):
-        return UpstreamRejectedError(message)
+        # OpenAI's shape with param, and sentences instead of vLLM's pydantic dump
+        return rejected_error(model_id, content, message)
     if status == 429:
         return UpstreamRateLimitedError(
             f"the engine for '{model_id}' is rate limited: {message}",

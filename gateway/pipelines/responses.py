@@ -27,6 +27,41 @@ def sum_usage(responses: Iterable[Mapping[str, Any]]) -> dict[str, int]:
     return total
 
 
+#: keys OpenAI's schema types as an object or array but never null, which vLLM sends as null
+_NOT_NULL_IN_MESSAGE = ("annotations", "function_call", "audio", "tool_calls")
+_NOT_NULL_IN_USAGE = ("prompt_tokens_details", "completion_tokens_details")
+
+
+def conform_completion(response: dict[str, Any]) -> dict[str, Any]:
+    """Make an engine's chat.completion valid against OpenAI's published schema, in place.
+
+    vLLM writes every field of its own model, null where unset; OpenAI's schema (vendored in
+    tests/support/openai_schema) forbids null for some and requires ``refusal`` in a message and
+    in logprobs. Typed clients (openai-python, LangChain) read either; strict ones (a generated
+    client validating the schema) refuse nulls, so they are dropped here. The body is already
+    parsed on this path (the dispatcher adds the ``switchboard`` object), so this costs a few
+    dictionary look-ups, not a parse.
+    """
+    for choice in response.get("choices") or ():
+        if not isinstance(choice, dict):
+            continue
+        message = choice.get("message")
+        if isinstance(message, dict):
+            for key in _NOT_NULL_IN_MESSAGE:
+                if key in message and message[key] is None:
+                    del message[key]
+            message.setdefault("refusal", None)
+        logprobs = choice.get("logprobs")
+        if isinstance(logprobs, dict):
+            logprobs.setdefault("refusal", None)
+    usage = response.get("usage")
+    if isinstance(usage, dict):
+        for key in _NOT_NULL_IN_USAGE:
+            if key in usage and usage[key] is None:
+                del usage[key]
+    return response
+
+
 def assembled_completion(
     base: Mapping[str, Any],
     content: str,
@@ -42,7 +77,7 @@ def assembled_completion(
         "choices": [
             {
                 "index": 0,
-                "message": {"role": "assistant", "content": content},
+                "message": {"role": "assistant", "content": content, "refusal": None},
                 "logprobs": None,
                 "finish_reason": finish_reason or "stop",
             }

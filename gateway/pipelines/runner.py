@@ -28,6 +28,7 @@ from gateway.pipelines.responses import (
     StreamReader,
     assembled_completion,
     completion_as_sse,
+    conform_completion,
     content_of,
     sum_usage,
 )
@@ -39,11 +40,22 @@ from gateway.pipelines.retrieval import (
     question_key,
 )
 from gateway.protocol import ChatCompletionRequest
+from gateway.telemetry import tracing
 
 log = logging.getLogger(__name__)
 
 #: request fields a pipeline replaces or may not forward when it writes its own prompt
-_OWN_FIELDS = ("messages", "stream", "stream_options", "n", "switchboard")
+_OWN_FIELDS = (
+    "messages",
+    "stream",
+    "stream_options",
+    "n",
+    "switchboard",
+    # A pipeline's members answer its own prompt; the client's tools are not theirs to call.
+    "tools",
+    "tool_choice",
+    "parallel_tool_calls",
+)
 _T = TypeVar("_T")
 
 
@@ -123,11 +135,12 @@ class PipelineRunner:
         self, pipeline: str, target: Target, body: dict[str, Any], chat: ChatCompletionRequest
     ) -> PipelineResult:
         spec = self.get(pipeline)
+        _check_tools(spec, chat)
         question = question_of(chat) if spec.spec.parse else None
         upstream = {k: v for k, v in body.items() if k != "switchboard"}
         if spec.passthrough or question is None:
             upstream["messages"] = self._freeform(spec, upstream["messages"])
-            response = await target.chat(upstream)
+            response = conform_completion(await target.chat(upstream))
             answer = _read(content_of(response), question) if question else None
             return PipelineResult(response, answer, {}, 1, sum_usage([response]))
         return await self._vote(spec, question, target, upstream, chat)
@@ -148,6 +161,7 @@ class PipelineRunner:
         ``on_result`` gets the result when the stream has finished (for logging).
         """
         spec = self.get(pipeline)
+        _check_tools(spec, chat)
         question = question_of(chat) if spec.spec.parse else None
         upstream = {k: v for k, v in body.items() if k != "switchboard"}
         if spec.passthrough or question is None:
@@ -188,7 +202,8 @@ class PipelineRunner:
     ) -> PipelineResult:
         _check_request(pipeline, chat)
         letters = question.letters
-        exemplars = await self.retrieve(pipeline, question)
+        with tracing.span("gateway.retrieval", {"switchboard.pipeline": pipeline.name}):
+            exemplars = await self.retrieve(pipeline, question)
         try:
             prefix, exemplars = self._prefix(pipeline, question, exemplars)
         except TemplateError as exc:
@@ -207,8 +222,9 @@ class PipelineRunner:
                 [self._member(pipeline, target, params, prefix, question, s) for s in shuffles]
             )
         answers = [m.answer for m in members]
-        votes = tally(answers, letters)
-        chosen_letter = winner(answers)
+        with tracing.span("gateway.vote", {"switchboard.members": len(members)}):
+            votes = tally(answers, letters)
+            chosen_letter = winner(answers)
         chosen = next((m for m in members if m.answer == chosen_letter), members[0])
         content = _in_original_letters(chosen)
         cast = sum(votes.values())
@@ -339,6 +355,23 @@ class PipelineRunner:
 
 
 # -- helpers ------------------------------------------------------------------------------------
+
+
+def _check_tools(pipeline: Pipeline, chat: ChatCompletionRequest) -> None:
+    """A pipeline that writes its own prompt cannot let the model call the client's tools.
+
+    Refused whatever the request holds (not only when a question is found), so a route's
+    answer to a tools request does not depend on how the last message happens to read.
+    """
+    if pipeline.passthrough or not getattr(chat, "uses_tools", False):
+        return
+    raise InvalidRequestError(
+        f"'tools' cannot be used with the pipeline '{pipeline.name}': it writes its own prompt "
+        "and answers by vote, so the model cannot call your tools. Send tool_choice 'none', "
+        "or call a model, an adapter or a route whose variants use the 'plain' pipeline.",
+        param="tools",
+        code="tools_not_supported",
+    )
 
 
 def _check_request(pipeline: Pipeline, chat: ChatCompletionRequest) -> None:
