@@ -57,6 +57,7 @@ from gateway.config.schema import (
     model_path,
 )
 from gateway.errors import TrainingError
+from gateway.learned import ADAPTER_FILE, Learned, write_learned
 from gateway.settings import Settings
 
 #: every projection of a Llama-style block; vLLM serves LoRA on all of them
@@ -387,7 +388,21 @@ def train(
         created=datetime.now(UTC).replace(microsecond=0).isoformat().replace("+00:00", "Z"),
         training=record,
     )
-    write_adapter(options.out, manifest, model.save_pretrained, force=options.force)
+    # What the adapter learned from (its training rows, not the validation ones), so that an
+    # evaluation leaves out exactly those items and nothing else (gateway/learned.py).
+    trained_on = {row.where for row in train_items}
+    learned = Learned(
+        "adapter",
+        options.out.name,
+        frozenset(i for c in data.conversations if c.where in trained_on for i in c.content_ids),
+        str(options.data),
+    )
+
+    def save(folder: str) -> None:
+        model.save_pretrained(folder)
+        write_learned(Path(folder) / ADAPTER_FILE, learned)
+
+    write_adapter(options.out, manifest, save, force=options.force)
     return TrainResult(options.out, manifest, history)
 
 

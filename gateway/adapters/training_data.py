@@ -24,6 +24,7 @@ from typing import Any, Literal
 
 from gateway.datasets import MCItem, read_items, split_of
 from gateway.errors import DataError, TrainingDataError
+from gateway.learned import mc_content_id, prompt_content_id
 
 ROLES = frozenset({"system", "user", "assistant"})
 DataFormat = Literal["chat", "mc"]
@@ -38,6 +39,18 @@ class Conversation:
     trained: tuple[bool, ...]
     #: where it came from, for error messages ("data.jsonl:12")
     where: str
+    #: the multiple-choice question it was made from, if any (``learned.mc_content_id``)
+    mc_id: str | None = None
+
+    @property
+    def content_ids(self) -> list[str]:
+        """What the adapter learns to answer: each trained turn's prompt, and the question."""
+        ids = [
+            prompt_content_id(self.messages[:index])
+            for index, trained in enumerate(self.trained)
+            if trained
+        ]
+        return [*ids, self.mc_id] if self.mc_id is not None else ids
 
 
 @dataclass(frozen=True)
@@ -60,6 +73,7 @@ def mc_to_chat(item: MCItem, where: str) -> Conversation:
         messages=(("user", mc_prompt(item.question, item.options)), ("assistant", mc_answer(item))),
         trained=(False, True),
         where=where,
+        mc_id=mc_content_id(item.question, item.options),
     )
 
 

@@ -47,7 +47,7 @@ async def describe_route(
 ) -> dict[str, Any]:
     """The route's variants and their settings (a run refuses to resume if they changed)."""
     variants = route_variants(state, name)
-    return {"route": name, "variants": {n: v.fingerprint() for n, v in variants.items()}}
+    return {"route": name, "variants": {n: v.described() for n, v in variants.items()}}
 
 
 @router.post(

@@ -68,8 +68,8 @@ def eval_command(
     folder = out or Settings().home / "evals" / f"{route}-{data.stem}"
     if dataset.skipped_train:
         console.print(
-            f"{dataset.skipped_train} items of the train split left out (adapters and exemplar "
-            "banks learn from them); --split all keeps them."
+            f"{dataset.skipped_train} packaged items of the train split left out (the packaged "
+            "adapters and exemplar banks learn from them); --split all keeps them."
         )
     session = EvalSession(
         folder, route, wanted, dataset, spec, limit=limit, concurrency=concurrency, console=console

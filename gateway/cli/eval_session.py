@@ -33,6 +33,7 @@ from gateway.evaluation.backends import (
     variant_infos,
 )
 from gateway.evaluation.data import EvalData
+from gateway.evaluation.learned import learned_from_config
 from gateway.evaluation.run import RunPlan, choose_variants, load_results, pending, plan_run, run
 from gateway.evaluation.scoring import ScorerSpec
 from gateway.settings import Settings
@@ -71,7 +72,10 @@ class EvalSession:
             raise EvalError(
                 f"no route '{self.route}' in the config; routes: {', '.join(cfg.routes) or 'none'}"
             )
-        self.plan = self._plan(variant_infos(spec), "in process")
+        # What each variant learned from is read from its adapter and bank, before any engine.
+        targets = {name: (v.target, v.pipeline) for name, v in spec.variants.items()}
+        learned = learned_from_config(cfg, settings, targets)
+        self.plan = self._plan(variant_infos(spec, learned), "in process")
         if not pending(self.plan):
             return  # finished earlier: only the report is written again, no engine is started
         async with in_process_backend(cfg, settings, self.console) as backend:
@@ -79,7 +83,7 @@ class EvalSession:
 
     def _plan(self, available: dict[str, VariantInfo], where: str) -> RunPlan:
         chosen = choose_variants(available, self.wanted)
-        return plan_run(
+        plan = plan_run(
             self.out,
             self.route,
             available,
@@ -89,6 +93,13 @@ class EvalSession:
             limit=self.limit,
             target=where,
         )
+        data = plan.manifest["data"]
+        for name, count in data["left_out"]["learned"].items():
+            if count:
+                self.console.print(f"{count} items left out: variant '{name}' learned from them")
+        for note in data["notes"]:
+            self.console.print(f"[yellow]note:[/yellow] {note}")
+        return plan
 
     async def _run(self, plan: RunPlan, backend: Backend) -> None:
         done = {v: load_results(plan.out, v) for v in plan.variants}

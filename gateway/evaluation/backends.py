@@ -9,6 +9,7 @@ backend, so the two modes produce the same records.
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal, Protocol
 
@@ -17,6 +18,7 @@ import httpx
 from gateway.admission.limits import check_limits, validate_request
 from gateway.config.schema import RouteSpec
 from gateway.errors import BackendError, GatewayError, NotFoundError
+from gateway.evaluation.learned import VariantLearned, variant_learned
 from gateway.events.log import EventLog
 from gateway.events.schema import FeedbackRow
 from gateway.experiments.analysis import OFFLINE_METRIC
@@ -33,10 +35,18 @@ class VariantInfo:
     target: str
     pipeline: str
     params: dict[str, Any] = field(default_factory=dict)
+    #: the content ids its adapter was trained on and its bank prompts with (not fingerprinted:
+    #: a retrained adapter changes its weights, which the run cannot see either)
+    learned: VariantLearned = field(default_factory=VariantLearned)
 
     def fingerprint(self) -> dict[str, Any]:
         """What must not change between a run and its resumption."""
         return {"target": self.target, "pipeline": self.pipeline, "params": self.params}
+
+    def described(self) -> dict[str, Any]:
+        """The fingerprint and what the variant learned from, as the evaluation API sends it."""
+        learned = {"ids": sorted(self.learned.ids), "notes": list(self.learned.notes)}
+        return {**self.fingerprint(), "learned": learned}
 
 
 @dataclass
@@ -87,14 +97,26 @@ def route_variants(state: GatewayState, route: str) -> dict[str, VariantInfo]:
             param="route",
             code="route_not_found",
         )
-    return variant_infos(found.spec)
+    registry, pipelines = state.adapters.registry, state.runner.pipelines
+    learned = {
+        name: variant_learned(v.target, v.pipeline, registry, pipelines)
+        for name, v in found.spec.variants.items()
+    }
+    return variant_infos(found.spec, learned)
 
 
-def variant_infos(spec: RouteSpec) -> dict[str, VariantInfo]:
-    """A route's variants as configured (what a run fingerprints)."""
+def variant_infos(
+    spec: RouteSpec, learned: Mapping[str, VariantLearned] | None = None
+) -> dict[str, VariantInfo]:
+    """A route's variants as configured (what a run fingerprints), with what each learned."""
+    learned = learned or {}
     return {
         name: VariantInfo(
-            name, v.target, v.pipeline, v.params.model_dump(mode="json", exclude_none=True)
+            name,
+            v.target,
+            v.pipeline,
+            v.params.model_dump(mode="json", exclude_none=True),
+            learned.get(name, VariantLearned()),
         )
         for name, v in spec.variants.items()
     }
@@ -180,7 +202,9 @@ class HttpBackend:
     async def variants(self, route: str) -> dict[str, VariantInfo]:
         data = await self._request("GET", f"/v1/evaluations/routes/{route}")
         return {
-            name: VariantInfo(name, v["target"], v["pipeline"], v.get("params") or {})
+            name: VariantInfo(
+                name, v["target"], v["pipeline"], v.get("params") or {}, _learned(v.get("learned"))
+            )
             for name, v in data["variants"].items()
         }
 
@@ -214,3 +238,12 @@ class HttpBackend:
         if not isinstance(data, dict):
             raise BackendError(f"the gateway answered {method} {path} with no JSON object")
         return data
+
+
+def _learned(data: Any) -> VariantLearned:
+    """The evaluation API's ``learned`` object; a gateway too old to send one knows nothing."""
+    if not isinstance(data, dict):
+        return VariantLearned(notes=("the gateway does not say what its variants learned from",))
+    ids = [i for i in data.get("ids") or [] if isinstance(i, str)]
+    notes = [n for n in data.get("notes") or [] if isinstance(n, str)]
+    return VariantLearned(frozenset(ids), tuple(notes))

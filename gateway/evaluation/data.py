@@ -9,8 +9,11 @@ an item, either
 - free form: ``{"id", "prompt": "..."}`` or ``{"id", "messages": [...]}``, with ``"expected"``
   (any JSON value the scorer compares with).
 
-Evaluations run on the held-out side of the fixed split by default: adapters and exemplar
-banks learn from the train side, and a score on data a variant has seen measures nothing.
+A score on data a variant has seen measures nothing, so by default an evaluation leaves out
+(``split="heldout"``) the items of the packaged data sets on the train side of their fixed split
+(``datasets.py``: the packaged adapters and banks learn from it), and, once the variants are
+known, exactly the items an evaluated variant was trained or prompted on (``learned.py``,
+matched by content; run.py). A user's own file that nothing was trained on is evaluated whole.
 Every problem names the file and the line.
 """
 
@@ -23,11 +26,14 @@ from pathlib import Path
 from typing import Any, Literal
 
 from gateway.adapters.training_data import mc_prompt
-from gateway.datasets import parse_item, split_of
+from gateway.datasets import Split, content_id, parse_item, split_of
 from gateway.errors import DataError, ScorerError
 from gateway.evaluation.scoring import ScorerSpec, check_expected, from_header
+from gateway.learned import mc_content_id, prompt_content_id
 
 SplitChoice = Literal["heldout", "all"]
+#: the data sets ``gateway data import`` makes, whose ids are content ids with a fixed split
+PACKAGED_SOURCES = frozenset({"mmlu", "medmcqa"})
 _ROLES = frozenset({"system", "developer", "user", "assistant"})
 
 
@@ -41,10 +47,23 @@ class EvalItem:
     question: str | None = None
     options: dict[str, str] | None = None
     messages: list[dict[str, Any]] = field(default_factory=list)
+    #: an item of a packaged data set (its id is the set's content id): its fixed split
+    packaged_split: Split | None = None
 
     @property
     def is_mc(self) -> bool:
         return self.options is not None
+
+    @property
+    def content_ids(self) -> frozenset[str]:
+        """What a variant that learned from this item recorded (gateway/learned.py)."""
+        if self.options is not None and self.question is not None:
+            prompt = mc_prompt(self.question, self.options)
+            return frozenset(
+                {mc_content_id(self.question, self.options), prompt_content_id([("user", prompt)])}
+            )
+        turns = [(str(m["role"]), str(m["content"])) for m in self.messages]
+        return frozenset({prompt_content_id(turns)})
 
     def request(self, route: str) -> dict[str, Any]:
         """The chat request for this item, as a client would send it to the route.
@@ -69,7 +88,7 @@ class EvalData:
     sha256: str
     #: the scorer the header names, if it has one
     header: ScorerSpec | None
-    #: items left out because they are in the train split
+    #: packaged items left out because they are on the train side of the fixed split
     skipped_train: int = 0
 
 
@@ -108,7 +127,7 @@ def read_eval_data(
         if item.id in seen:
             raise DataError(f"{where}: duplicate id '{item.id}' (first on line {seen[item.id]})")
         seen[item.id] = number
-        if split == "heldout" and split_of(item.id) == "train":
+        if split == "heldout" and item.packaged_split == "train":
             skipped += 1
             continue
         items.append(item)
@@ -116,9 +135,10 @@ def read_eval_data(
         raise DataError(f"{path}: no items (the file is empty or holds only a header)")
     if not items:
         raise DataError(
-            f"{path}: all {skipped} items are in the train split, which adapters and exemplar "
-            "banks learn from. Fix: import the held-out split (`gateway data import ... --split "
-            "heldout`), or pass --split all to evaluate on them anyway"
+            f"{path}: all {skipped} items are packaged items on the train side of the fixed "
+            "split, which the packaged adapters and exemplar banks learn from. Fix: import the "
+            "held-out split (`gateway data import ... --split heldout`), or pass --split all to "
+            "evaluate on them anyway"
         )
     spec = scorer or header or ScorerSpec("mc" if items[0].is_mc else "exact")
     for item in items:
@@ -147,7 +167,11 @@ def _header(data: dict[str, Any], where: str) -> ScorerSpec:
 def _item(data: dict[str, Any], line: str, number: int, where: str) -> EvalItem:
     if "options" in data:
         mc = parse_item(line, where)
-        return EvalItem(mc.id, number, mc.answer, mc.question, dict(mc.options))
+        packaged = mc.source in PACKAGED_SOURCES and mc.id == content_id(
+            mc.source, mc.question, mc.options
+        )
+        split = split_of(mc.id) if packaged else None
+        return EvalItem(mc.id, number, mc.answer, mc.question, dict(mc.options), [], split)
     item_id = data.get("id")
     if not isinstance(item_id, str) or not item_id:
         raise DataError(f"{where}: 'id' must be a non-empty string")

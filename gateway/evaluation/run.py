@@ -71,8 +71,13 @@ def plan_run(
     limit: int | None,
     target: str,
 ) -> RunPlan:
-    """Start a run in ``out``, or continue the one there if it is the same evaluation."""
-    items = data.items[:limit] if limit is not None else data.items
+    """Start a run in ``out``, or continue the one there if it is the same evaluation.
+
+    Items a chosen variant was trained or prompted on are left out for every variant (the
+    comparison stays paired), and counted per variant in the manifest's ``data.left_out``.
+    """
+    unseen, learned = leave_out_learned(data.items, variants, chosen)
+    items = unseen[:limit] if limit is not None else unseen
     fingerprints = {name: variants[name].fingerprint() for name in chosen}
     path = out / MANIFEST
     previous = _read_manifest(path)
@@ -90,13 +95,46 @@ def plan_run(
         "created": created,
         "updated": time.time(),
         "gateway": target,
-        "data": {"path": str(data.path), "sha256": data.sha256, "items": len(items)},
+        "data": {
+            "path": str(data.path),
+            "sha256": data.sha256,
+            "items": len(items),
+            "left_out": {
+                "train_split": data.skipped_train,
+                "learned": learned,
+                "items": data.skipped_train + len(data.items) - len(unseen),
+            },
+            "notes": sorted({n for name in chosen for n in variants[name].learned.notes}),
+        },
         "scorer": scorer.describe(),
         "variants": fingerprints,
         "chosen": chosen,
     }
     _write_json(path, manifest)
     return RunPlan(out, run_id, route, chosen, items, scorer, manifest)
+
+
+def leave_out_learned(
+    items: Sequence[EvalItem], variants: dict[str, VariantInfo], chosen: Sequence[str]
+) -> tuple[list[EvalItem], dict[str, int]]:
+    """The items no chosen variant learned from, and per variant how many it had learned."""
+    learned = {name: variants[name].learned.ids for name in chosen}
+    counts = dict.fromkeys(chosen, 0)
+    kept: list[EvalItem] = []
+    for item in items:
+        ids = item.content_ids
+        seen_by = [name for name, known in learned.items() if not ids.isdisjoint(known)]
+        for name in seen_by:
+            counts[name] += 1
+        if not seen_by:
+            kept.append(item)
+    if items and not kept:
+        by = ", ".join(f"{name} ({count})" for name, count in counts.items() if count)
+        raise EvalError(
+            f"every item of the data was trained or prompted on by an evaluated variant: {by}. "
+            "Fix: evaluate on items they never saw, or choose other --variants."
+        )
+    return kept, counts
 
 
 def _read_manifest(path: Path) -> dict[str, Any] | None:

@@ -2,7 +2,8 @@
 
 On disk, in the pipeline's folder: ``exemplars.jsonl`` (one exemplar a line: the labelled
 multiple-choice fields plus ``reasoning``), ``exemplars.npy`` (float32, one normalised row per
-line, in the same order) and ``exemplars.meta.json`` (how the bank was built).
+line, in the same order), ``exemplars.meta.json`` (how the bank was built) and
+``exemplars.learned.json`` (the exemplars' content ids, which evaluations leave out).
 
 Only training items may be exemplars: loading checks every id against the fixed split in
 ``gateway.datasets`` and refuses a bank with a held-out item, so evaluation on the held-out
@@ -21,6 +22,7 @@ import numpy as np
 
 from gateway.datasets import parse_item, split_of
 from gateway.errors import BankError, DataError
+from gateway.learned import Learned, bank_record_path, mc_content_id, write_learned
 from gateway.pipelines.retrieval import (
     BruteForceIndex,
     VectorIndex,
@@ -143,4 +145,8 @@ def write_bank(
     tmp_jsonl.replace(jsonl)
     tmp_npy.replace(npy)
     tmp_meta.replace(meta_path)
+    # What the bank prompts with, by content, for evaluations to leave out (gateway/learned.py).
+    ids = frozenset(mc_content_id(e.question, e.options) for e in exemplars)
+    source = meta.get("data") if isinstance(meta.get("data"), str) else None
+    write_learned(bank_record_path(jsonl), Learned("bank", folder.name, ids, source))
     return jsonl, npy

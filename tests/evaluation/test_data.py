@@ -10,10 +10,11 @@ import pytest
 from typer.testing import CliRunner
 
 from gateway.cli.main import app
-from gateway.datasets import split_of
+from gateway.datasets import content_id, split_of
 from gateway.errors import DataError
-from gateway.evaluation.data import read_eval_data
+from gateway.evaluation.data import EvalItem, read_eval_data
 from gateway.evaluation.scoring import ScorerSpec
+from gateway.learned import mc_content_id, prompt_content_id
 
 
 def ids(split: str, count: int, prefix: str = "q") -> list[str]:
@@ -36,11 +37,36 @@ def write(path: Path, *rows: Any) -> Path:
     return path
 
 
-def test_mc_items_are_held_out_by_default(tmp_path: Path) -> None:
+def packaged(split: str, count: int) -> list[dict[str, Any]]:
+    """Items as `gateway data import mmlu` writes them: the id is the content id."""
+    found = []
+    for n in range(400):
+        question, options = f"Packaged question {n}?", {"A": "one", "B": "two", "C": "three"}
+        item_id = content_id("mmlu", question, options)
+        if split_of(item_id) == split:
+            found.append(
+                {"id": item_id, "question": question, "options": options, "answer": "B",
+                 "source": "mmlu"}
+            )  # fmt: skip
+    return found[:count]
+
+
+def test_packaged_items_keep_the_fixed_split(tmp_path: Path) -> None:
+    held, train = packaged("heldout", 3), packaged("train", 2)
+    path = write(tmp_path / "d.jsonl", *held, *train)
+    data, _ = read_eval_data(path)
+    assert [i.id for i in data.items] == [i["id"] for i in held] and data.skipped_train == 2
+    assert all(i.packaged_split == "heldout" for i in data.items)
+    everything, _ = read_eval_data(path, split="all")
+    assert len(everything.items) == 5
+
+
+def test_a_users_own_file_is_read_whole_whatever_its_ids(tmp_path: Path) -> None:
+    # Ids on both sides of the fixed split: it is the packaged data's, not the user's.
     held, train = ids("heldout", 3), ids("train", 2)
     path = write(tmp_path / "d.jsonl", *(mc(i) for i in [*held, *train]))
     data, spec = read_eval_data(path)
-    assert [i.id for i in data.items] == held and data.skipped_train == 2
+    assert [i.id for i in data.items] == [*held, *train] and data.skipped_train == 0
     assert spec == ScorerSpec("mc") and data.header is None
     request = data.items[0].request("medqa")
     assert request["model"] == "medqa"
@@ -50,8 +76,6 @@ def test_mc_items_are_held_out_by_default(tmp_path: Path) -> None:
     }
     # The user message is the format adapters are trained on: options one a line, "A. ...".
     assert "\n\nA. one\nB. two\nC. three\n\n" in request["messages"][0]["content"]
-    everything, _ = read_eval_data(path, split="all")
-    assert len(everything.items) == 5
 
 
 def test_free_form_items_with_a_header_scorer(tmp_path: Path) -> None:
@@ -104,10 +128,20 @@ def test_bad_data_names_the_line(tmp_path: Path, rows: list[Any], message: str) 
     assert message in str(caught.value)
 
 
-def test_only_train_items_is_an_error_with_the_fix(tmp_path: Path) -> None:
-    path = write(tmp_path / "d.jsonl", *(mc(i) for i in ids("train", 3)))
-    with pytest.raises(DataError, match=r"all 3 items are in the train split.*--split heldout"):
+def test_only_packaged_train_items_is_an_error_with_the_fix(tmp_path: Path) -> None:
+    path = write(tmp_path / "d.jsonl", *packaged("train", 3))
+    with pytest.raises(DataError, match=r"all 3 items are packaged items on the train side.*--sp"):
         read_eval_data(path)
+
+
+def test_content_ids_ignore_spacing_case_and_lettering() -> None:
+    base = EvalItem("a", 1, "B", "Which is a gas?", {"A": "Iron", "B": "Neon"})
+    again = EvalItem("b", 2, "A", "which  is a GAS?", {"A": "neon", "B": "Iron"})
+    other = EvalItem("c", 3, "A", "Which is a metal?", {"A": "Iron", "B": "Neon"})
+    assert mc_content_id("Which is a gas?", {"X": "Neon", "Y": "Iron"}) in base.content_ids
+    assert base.content_ids & again.content_ids and not base.content_ids & other.content_ids
+    chat = EvalItem("d", 4, "x", messages=[{"role": "user", "content": "Hi  there"}])
+    assert prompt_content_id([("user", "hi there")]) in chat.content_ids
 
 
 def test_the_command_reports_bad_data_and_bad_options(tmp_path: Path) -> None:

@@ -18,18 +18,23 @@ import pytest
 import uvicorn
 from typer.testing import CliRunner
 
+from gateway.adapters.training_data import read_training_data
 from gateway.app import create_app
 from gateway.cli.main import app as app_cli
 from gateway.config.loader import parse_config
+from gateway.datasets import split_of
 from gateway.engines.supervisor import free_port
 from gateway.errors import EngineUnavailableError, EvalError
-from gateway.evaluation.backends import HttpBackend, InProcessBackend
+from gateway.evaluation.backends import HttpBackend, InProcessBackend, variant_infos
 from gateway.evaluation.data import EvalData, read_eval_data
+from gateway.evaluation.learned import learned_from_config
 from gateway.evaluation.report import summarise, write_reports
 from gateway.evaluation.run import load_results, plan_run, results_path, run
 from gateway.evaluation.scoring import ScorerSpec
+from gateway.learned import ADAPTER_FILE, Learned, write_learned
 from gateway.settings import Settings
 from tests.evaluation.test_data import ids, mc, write
+from tests.support.adapter_fakes import make_adapter
 from tests.support.fakes import FakeEngine, completion
 
 CONFIG = """
@@ -375,3 +380,40 @@ def test_the_command_on_a_served_gateway_with_url(
         thread.join(10)
     down = CliRunner().invoke(app_cli, args)
     assert down.exit_code == 2 and "cannot reach the gateway" in down.output
+
+
+def test_a_users_own_file_is_evaluated_whole_and_learned_items_left_out(tmp_path: Path) -> None:
+    # Six items with the user's own ids, some on the train side of the packaged split's hash:
+    # no adapter or bank learned from them, so all six are evaluated.
+    rows = [mc(f"mine-{n}", GOLD[n]) for n in range(6)]
+    assert {split_of(str(r["id"])) for r in rows} == {"train", "heldout"}
+    data, spec = read_eval_data(write(tmp_path / "mine.jsonl", *rows))
+    assert len(data.items) == 6 and data.skipped_train == 0
+    make_adapter(tmp_path / "adapters", "tuned", base="m1")
+    cfg = parse_config(
+        CONFIG.replace("oracle: {target: m1", "oracle: {target: tuned")
+        + f"adapters: {{folders: [{tmp_path / 'adapters'}]}}\n",
+        "test.yaml",
+    )
+    settings = Settings(home=tmp_path / "home")
+    route = cfg.routes["qa"]
+    targets = {name: (v.target, v.pipeline) for name, v in route.variants.items()}
+
+    def plan(out: str) -> Any:
+        infos = variant_infos(route, learned_from_config(cfg, settings, targets))
+        chosen = list(infos)
+        return plan_run(tmp_path / out, "qa", infos, chosen, data, spec, limit=None, target="t")
+
+    untrained = plan("o1")
+    assert "no learned_from.json" in untrained.manifest["data"]["notes"][0]
+    assert len(untrained.items) == 6
+    # The adapter is trained on two of the items (its record, as training writes it): exactly
+    # those two are left out, for both variants, and counted against the adapter's variant.
+    seen = [r for r in rows if split_of(str(r["id"])) == "train"][:2]
+    training = read_training_data(write(tmp_path / "train.jsonl", *seen))
+    ids = frozenset(i for c in training.conversations for i in c.content_ids)
+    write_learned(tmp_path / "adapters" / "tuned" / ADAPTER_FILE, Learned("adapter", "tuned", ids))
+    trained = plan("o2")
+    assert [i.id for i in trained.items] == [r["id"] for r in rows if r not in seen]
+    assert trained.manifest["data"]["left_out"]["learned"] == {"oracle": 2, "always_a": 0}
+    assert trained.manifest["data"]["notes"] == []
