@@ -135,6 +135,9 @@ async def test_text_parts_are_accepted(gateway: Any) -> None:
     assert engine.bodies[0]["messages"][0]["content"] == content
 
 
+CHAT_SMALL = {"model": "fake", "messages": [{"role": "user", "content": "hi"}]}
+
+
 async def test_oversize_body_is_413_with_and_without_content_length(gateway: Any) -> None:
     big = {"model": "fake", "messages": [{"role": "user", "content": "x" * 5000}]}
     payload = orjson.dumps(big)
@@ -147,12 +150,13 @@ async def test_oversize_body_is_413_with_and_without_content_length(gateway: Any
     async with gateway() as (_, raw):
         sized = await raw.post("/v1/chat/completions", content=payload, headers=json)
         streamed = await raw.post("/v1/chat/completions", content=chunked(), headers=json)
-        untyped = await raw.post("/v1/chat/completions", content=payload)
+        untyped = await raw.post("/v1/chat/completions", content=orjson.dumps(CHAT_SMALL))
     for resp in (sized, streamed):
         assert resp.status_code == 413
         assert resp.json()["error"]["code"] == "request_too_large"
         assert "x-switchboard-inference-id" in resp.headers  # an event, like every request
-    assert untyped.status_code == 415  # the type is checked before anything else
+    assert untyped.status_code == 415  # a body not declared JSON (a web page's text POST)
+    assert untyped.json()["error"]["code"] == "unsupported_media_type"
 
 
 async def test_engine_errors_keep_their_status(gateway: Any) -> None:

@@ -26,6 +26,7 @@ from gateway.admission.keys import hash_key
 from gateway.engines.supervisor import free_port
 from tests.support.servers import GatewayProcess, running_gateway, stop_gateway, wait_ready
 
+REPO = Path(__file__).resolve().parents[2]
 KEY = "sb-hostile-key-0123456789"
 OTHER = "sb-hostile-other-0123456789"
 CHAT = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
@@ -206,6 +207,7 @@ def test_one_client_cannot_take_every_descriptor(upstream: UpstreamDouble, tmp_p
     (home / "gateway.yaml").write_text(config(upstream.url, "{header_timeout_s: 60}"))
     port = free_port()
     env = {**os.environ, "GATEWAY_HOME": str(home), "GATEWAY_PORT": str(port)}
+    env["PYTHONPATH"] = str(REPO)  # this checkout's gateway, whatever the working directory
     command = f"ulimit -n 256 && exec {sys.executable} -m gateway serve --config gateway.yaml"
     log_path = home / "gateway.log"
     with log_path.open("wb") as log:
