@@ -42,7 +42,7 @@ export function update(el, data, draw) {
 export function table(caption, headers, rows, { empty = "Nothing yet." } = {}) {
   const body = rows.length
     ? rows.map((cells) =>
-        h("tr", {}, cells.map((c, i) => (i === 0 ? h("th", { scope: "row" }, c) : h("td", { "data-label": headers[i] }, c)))),
+        h("tr", {}, cells.map((c, i) => (i === 0 ? h("th", { scope: "row" }, c) : h("td", { "data-label": headers[i] }, h("div", {}, c))))),
       )
     : [h("tr", {}, h("td", { colspan: headers.length, class: "empty" }, empty))];
   return h(

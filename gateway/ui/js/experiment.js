@@ -109,7 +109,11 @@ export function experimentPage(root, route) {
         ["burn-in", `${num(r.min_samples)} units per variant`],
       ]),
       d.actions && d.actions.length
-        ? table("Actions recorded", ["when", "action", "detail"], d.actions.map((a) => [datetime(a.ts), a.action || a.kind || "action", JSON.stringify(a)]))
+        ? table(
+            "Actions recorded",
+            ["when", "action", "variant", "by", "reason", "undone"],
+            d.actions.map((a) => [datetime(a.ts), a.action ?? "action", a.variant ?? "—", a.actor ?? "—", a.reason ?? "—", a.undone ? "yes" : "no"]),
+          )
         : null,
     ]);
   }
@@ -254,6 +258,8 @@ export function experimentPage(root, route) {
     const drawn = [...pairs.keys()].some((key) =>
       points.some((p) => p.comparisons.some((x) => `${x.variant}|${x.against}|${x.metric}` === key && x.difference !== null)),
     );
+    // An empty plot says nothing: before the burn-in only the note and the units are shown.
+    for (const c of chartsByKey.values()) c.el.hidden = !drawn;
     burnIn.textContent = !points.length
       ? "No requests yet: the chart starts with the first ones."
       : drawn
