@@ -49,6 +49,7 @@ from gateway.routing.dispatch import Dispatcher
 from gateway.routing.targets import Targets
 from gateway.settings import Settings
 from gateway.state import GatewayState
+from gateway.telemetry.tracing import Tracing
 
 log = logging.getLogger(__name__)
 
@@ -91,7 +92,10 @@ def create_app(
             # Promotions and rollbacks (experiments/promotion.py) survive restarts.
             promotions = await asyncio.to_thread(promotion.load, events.store)
             router = Router(config, promotions=promotions)
-            metrics = Metrics(events)
+            metrics = Metrics(events, pipelines=runner.names())
+            # Off (no exporter, no SDK) unless an OTLP endpoint is configured.
+            tracing = Tracing.from_config(config.telemetry)
+            stack.callback(tracing.shutdown)
             targets = Targets(built, adapters)
             dispatcher = Dispatcher(
                 config=config,
@@ -117,6 +121,7 @@ def create_app(
                 limiter=RateLimiter(),
                 gate=ConcurrencyGate(config.limits.max_concurrency),
                 started_at=time.time(),
+                tracing=tracing,
             )
             # Everything built so far lives as long as the process: keep the garbage collector
             # from walking it again and again (a full pass over the imported libraries took

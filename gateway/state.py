@@ -16,6 +16,7 @@ from gateway.routing.assignment import Router
 from gateway.routing.dispatch import Dispatcher
 from gateway.routing.targets import Targets
 from gateway.settings import Settings
+from gateway.telemetry.tracing import Tracing
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,3 +37,5 @@ class GatewayState:
     gate: ConcurrencyGate
     #: when the lifespan finished building this state (``time.time()``): /v1/models' created
     started_at: float
+    #: OpenTelemetry traces (off unless an OTLP endpoint is configured)
+    tracing: Tracing

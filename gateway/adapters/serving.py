@@ -20,7 +20,7 @@ import asyncio
 import functools
 import logging
 import time
-from collections import OrderedDict, defaultdict
+from collections import Counter, OrderedDict, defaultdict
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Literal, Protocol, runtime_checkable
@@ -94,6 +94,9 @@ class AdapterServing:
         self._disabled: set[str] = set()
         #: seconds the last load of each adapter took (vLLM's load call)
         self.load_seconds: dict[str, float] = {}
+        #: loads and evictions per adapter, read by /metrics when it is scraped
+        self.loads: Counter[str] = Counter()
+        self.evictions: Counter[str] = Counter()
 
     # -- what clients see -----------------------------------------------------------------------
 
@@ -149,12 +152,14 @@ class AdapterServing:
                         victim = next(iter(slots.loaded))
                         await slots.engine.unload_lora(victim)
                         del slots.loaded[victim]
+                        self.evictions[victim] += 1
                         log.info("adapter %s unloaded to make room for %s", victim, name)
                 started = time.perf_counter()
                 await slots.engine.load_lora(name, str(adapter.weights_dir))
                 elapsed = time.perf_counter() - started
                 slots.loaded[name] = None
         self.load_seconds[name] = elapsed
+        self.loads[name] += 1
         log.info("adapter %s loaded into %s in %.2f s", name, adapter.base_model, elapsed)
         return elapsed
 

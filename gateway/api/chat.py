@@ -17,6 +17,7 @@ from gateway.api.streaming import DisconnectWatch, EventStream
 from gateway.errors import ClientClosedRequest, GatewayError
 from gateway.protocol import ChatCompletionRequest, ErrorResponse
 from gateway.state import GatewayState
+from gateway.telemetry import tracing
 
 router = APIRouter()
 
@@ -81,6 +82,7 @@ async def create_chat_completion(request: Request) -> Response:
         # slots from the rest.
         admission.reserve(estimate_tokens(chat))
         admission.enter()
+        tracing.step("gateway.admission", started)  # a no-op unless traced
         ctx = dispatcher.new_context()
         admission.ctx = ctx
         watching = DisconnectWatch(request.receive)

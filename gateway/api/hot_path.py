@@ -27,9 +27,18 @@ class ChatHotPath:
         if scope["type"] != "http" or scope["path"] != PATH or scope["method"] != "POST":
             await self.app(scope, receive, send)
             return
-        try:
-            response = await create_chat_completion(Request(scope, receive))
-        except GatewayError as exc:
-            # Other exceptions reach Starlette's ServerErrorMiddleware and the app's handler.
-            response = error_response(exc)
-        await response(scope, receive, send)
+        tracing = scope["app"].state.gateway.tracing
+        if tracing.enabled:  # off: one flag, no span (gateway/telemetry/tracing.py)
+            await tracing.serve(scope, receive, send, answer)
+            return
+        await answer(scope, receive, send)
+
+
+async def answer(scope: Scope, receive: Receive, send: Send) -> None:
+    """The chat request's whole answer: a JSON body, an error, or a stream to its end."""
+    try:
+        response = await create_chat_completion(Request(scope, receive))
+    except GatewayError as exc:
+        # Other exceptions reach Starlette's ServerErrorMiddleware and the app's handler.
+        response = error_response(exc)
+    await response(scope, receive, send)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import ipaddress
-import logging
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -22,6 +21,7 @@ from gateway.cli.eval import eval_command
 from gateway.cli.experiments import experiments_app, report
 from gateway.cli.pipelines import exemplars_app, pipelines_app
 from gateway.settings import Settings
+from gateway.telemetry.logs import configure_logging
 
 if TYPE_CHECKING:
     from gateway.admission.http_guard import HttpGuard
@@ -75,9 +75,11 @@ def serve(
     resolved = resolve_or_exit(cfg, settings)
     bind_host = host or settings.host or cfg.server.host
     bind_port = port or settings.port or cfg.server.port
-    logging.basicConfig(
-        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    # GATEWAY_LOG_FORMAT=json|text: JSON lines with one line per inference, or today's text.
+    try:
+        log_config = configure_logging(settings.log_level)
+    except ValueError as exc:
+        fail(str(exc))
     if not _is_loopback(bind_host) and not (cfg.auth.keys or settings.api_key):
         err.print(
             f"[yellow]warning:[/yellow] binding to {bind_host}: the gateway is reachable from "
@@ -91,6 +93,7 @@ def serve(
         host=bind_host,
         port=bind_port,
         log_level=settings.log_level,
+        log_config=log_config,
         # uvicorn's httptools protocol with the bounds it lacks (header size, read timeouts,
         # connections, Host and Origin): gateway/admission/http_guard.py.
         http=guarded_protocol(guard),

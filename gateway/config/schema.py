@@ -363,6 +363,18 @@ class EventsSpec(_Spec):
     max_queue: int = Field(default=100_000, ge=1)
 
 
+class TelemetrySpec(_Spec):
+    """OpenTelemetry traces: off unless an OTLP endpoint is set (here or in the environment)."""
+
+    otlp_endpoint: str | None = Field(
+        default=None,
+        description="OTLP/HTTP collector, e.g. http://collector:4318 (else "
+        "OTEL_EXPORTER_OTLP_ENDPOINT); unset: no tracing",
+    )
+    service_name: str = Field(default="switchboard", min_length=1)
+    sample_ratio: float = Field(default=1.0, ge=0, le=1, description="share of traces kept")
+
+
 class AdaptersSpec(_Spec):
     """LoRA adapters: the registry folders (each holds ``<name>/adapter.yaml``), see adapters.py."""
 
@@ -394,6 +406,7 @@ class GatewayConfig(_Spec):
     events: EventsSpec = Field(default_factory=EventsSpec)
     adapters: AdaptersSpec = Field(default_factory=AdaptersSpec)
     pipelines: PipelinesSpec = Field(default_factory=PipelinesSpec)
+    telemetry: TelemetrySpec = Field(default_factory=TelemetrySpec)
     aliases: dict[str, str] = Field(
         default_factory=dict,
         description="another public name for a model, adapter or route (e.g. gpt-4o-mini)",

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from gateway.engines.base import Engine
+from gateway.telemetry import tracing
 
 
 @dataclass(frozen=True)
@@ -25,12 +26,13 @@ class Target:
     async def chat(self, body: dict[str, Any]) -> dict[str, Any]:
         if self.prepare is not None:
             await self.prepare()
-        return await self.engine.chat({**body, "model": self.upstream_model})
+        # In a span when traced; else the engine's own call, untouched.
+        return await tracing.chat(self, {**body, "model": self.upstream_model})
 
     async def chat_stream(self, body: dict[str, Any]) -> AsyncIterator[bytes]:
         if self.prepare is not None:
             await self.prepare()
-        stream = self.engine.chat_stream({**body, "model": self.upstream_model})
+        stream = tracing.chat_stream(self, {**body, "model": self.upstream_model})
         try:
             async for chunk in stream:
                 yield chunk

@@ -28,6 +28,7 @@ from gateway.errors import (
     GatewayError,
     UpstreamRateLimitedError,
 )
+from gateway.telemetry import tracing
 
 _JSON = {"content-type": "application/json"}
 
@@ -112,7 +113,9 @@ class VLLMEngine:
         session = self._require_session()
         url = self._url(self._base_url(), "/v1/chat/completions")
         try:
-            resp = await session.post(url, data=orjson.dumps(body), headers=self._headers)
+            # The current span's traceparent goes upstream when traced (vLLM can join it).
+            headers = tracing.upstream_headers(self._headers)
+            resp = await session.post(url, data=orjson.dumps(body), headers=headers)
         except (aiohttp.ClientError, TimeoutError) as exc:
             raise self._transport_error(exc) from None
         finished = False
@@ -149,7 +152,9 @@ class VLLMEngine:
         try:
             async with asyncio.timeout(self._timeout_s):
                 async with session.post(
-                    target, data=orjson.dumps(body), headers=self._headers
+                    target,
+                    data=orjson.dumps(body),
+                    headers=tracing.upstream_headers(self._headers),
                 ) as resp:
                     return resp.status, await resp.read(), resp.headers
         except TimeoutError:

@@ -24,6 +24,7 @@ from gateway.events.metrics import Metrics
 from gateway.events.schema import InferenceEvent
 from gateway.routing.assignment import Assignment, Variant
 from gateway.routing.context import PipelineResultLike, RequestContext
+from gateway.telemetry import tracing
 
 #: the longest error message kept in a row
 MAX_ERROR_CHARS = 1000
@@ -107,7 +108,7 @@ class AttemptEvents:
 
     def record(self, event: InferenceEvent) -> None:
         self.metrics.observe(event)
-        self.events.record(event)
+        tracing.record_event(event, self.events.record)  # in a span when traced
 
     def cost(self, model: str, prompt: int | None, completion: int | None) -> float | None:
         spec = self.models.get(model)
@@ -162,6 +163,10 @@ class Attempt:
 
     def first_byte(self) -> None:
         self._row.ttft_ms = (time.perf_counter() - self._t0) * 1000
+
+    def chunk_gap(self, seconds: float) -> None:
+        """One gap between two chunks of the stream, for the metrics (the relay measures it)."""
+        self._events.metrics.chunk_gap(self._row, seconds)
 
     def ok(
         self, result: PipelineResultLike | None, usage: Mapping[str, int] | None = None

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import Any, TypeVar
 
@@ -33,6 +34,7 @@ from gateway.routing.relay import close, first_chunk, relay
 from gateway.routing.retries import Cooldowns, RetryBudget
 from gateway.routing.shadows import Shadows
 from gateway.routing.targets import Targets
+from gateway.telemetry import tracing
 
 log = logging.getLogger(__name__)
 
@@ -131,12 +133,14 @@ class Dispatcher:
         Each attempt is recorded once: by ``run_attempt`` when it succeeds, on the way out of
         its ``with`` block when it fails or is cancelled; an opened stream's, by the relay.
         """
+        routed = time.perf_counter()
         assignment = self.plan(chat, headers)
         self.budget.deposit()
         route = self.router.get(assignment.route)
         if route is not None:
             self.shadows.start(assignment, route.shadows(), chat, body)
         schedule = self.schedule(assignment)
+        tracing.step("gateway.routing", routed, lambda: _routing_attributes(assignment, schedule))
         previous = _skipped(assignment, schedule)
         # One id for every attempt of this request (the first attempt's): the experiment
         # analysis groups a request's attempts by it (intention to treat), exactly.
@@ -207,6 +211,7 @@ class Dispatcher:
                 "variant %s failed %d times in a row; it cools down for %g s",
                 key, self.cooldowns.threshold, self.cooldowns.cooldown_s,
             )  # fmt: skip
+            self.metrics.cooldown(assignment.route, variant.name, variant.target)
 
     # -- non-streaming --------------------------------------------------------------------------
 
@@ -337,6 +342,16 @@ def _apply(body: dict[str, Any], params: SamplingSpec) -> dict[str, Any]:
 
 def _retryable(exc: GatewayError) -> bool:
     return isinstance(exc, EngineError) and exc.retryable
+
+
+def _routing_attributes(assignment: Assignment, schedule: list[Variant]) -> dict[str, str]:
+    """The routing span's: what was chosen, how, and what runs first."""
+    return {
+        "switchboard.route": assignment.route,
+        "switchboard.variant": assignment.variant.name,
+        "switchboard.assignment": assignment.reason,
+        "switchboard.target": schedule[0].target,
+    }
 
 
 def _cool_key(assignment: Assignment, variant: Variant) -> str:

@@ -72,6 +72,7 @@ async def relay(
                 try:
                     async with asyncio.timeout_at(min(stall_at, ctx.deadline)) as scope:
                         chunk = await anext(chunks)
+                    attempt.chunk_gap(loop.time() - stall_at + gap_s)  # the wait, for /metrics
                 except StopAsyncIteration:
                     break
                 except asyncio.CancelledError as exc:

@@ -192,7 +192,8 @@ async def test_report_promote_and_metrics(gateway: Any, tmp_path: Any) -> None:
         assert "beats" in report["verdict"] or "Not enough" in report["verdict"]
         metrics = (await raw.get("/metrics")).text
         assert (
-            'switchboard_requests_total{route="qa",shadow="false",status="ok",variant="first"}'
+            'switchboard_requests_total{pipeline="plain",route="qa",shadow="false",status="ok",'
+            'target="m1",variant="first"}'
             in metrics
         )
         assert "switchboard_event_queue_depth" in metrics
