@@ -205,6 +205,11 @@ def _http_guard(spec: ServerSpec, bind_host: str) -> HttpGuard:
     else:
         descriptors = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
     guard = HttpGuard.from_spec(spec, bind_host, descriptors)
+    if not spec.allowed_hosts and bind_host in ("0.0.0.0", "::", ""):
+        err.print(
+            f"[yellow]warning:[/yellow] binding to {bind_host} with no 'server.allowed_hosts': "
+            "requests must name a loopback Host. Fix: list the names clients use (or '*')."
+        )
     if spec.max_connections is None and guard.max_connections < 64:
         err.print(
             f"[yellow]warning:[/yellow] the open-file limit is {descriptors}: at most "
