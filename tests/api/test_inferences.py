@@ -165,9 +165,10 @@ async def test_the_console_endpoints_need_the_admin_scope(gateway: AppFactory) -
             assert user.json()["error"]["code"] == "insufficient_scope"
             admin = await raw.get(path, headers={"authorization": f"Bearer {ADMIN_KEY}"})
             assert admin.status_code == 200, path
-        # The pages themselves hold no data: served without a key.
+        # The pages themselves hold no data: served without a key, and told one is needed.
         page = await raw.get("/ui")
         assert page.status_code == 200
+        assert (await raw.get("/ui/session")).json() == {"keys": True}
 
 
 async def test_the_console_pages_are_served_from_the_package(gateway: AppFactory) -> None:
@@ -183,6 +184,7 @@ async def test_the_console_pages_are_served_from_the_package(gateway: AppFactory
         for bad in ("/ui/../app.py", "/ui/js/../../app.py", "/ui/nope.js", "/ui/%2e%2e/x.js"):
             assert (await raw.get(bad)).status_code == 404, bad
         assert (await raw.get("/ui/", follow_redirects=False)).status_code == 308
+        assert (await raw.get("/ui/session")).json() == {"keys": False}
 
 
 def _rows(prefix: str) -> tuple[list[InferenceEvent], list[FeedbackRow]]:
