@@ -28,6 +28,7 @@ import numpy.typing as npt
 
 from gateway.config.loader import parse_config
 from gateway.experiments.analysis import analyse
+from gateway.experiments.cuped import adjust
 from gateway.experiments.decision import Metric, Setup, evaluate
 from gateway.experiments.units import Stream, ratio_path
 
@@ -151,6 +152,80 @@ def stopping_users(
             t = int(np.flatnonzero(seq.p <= 0.05)[0])
             out[i] = float(path.units[:, t].min())
     return out
+
+
+def covariate_sim(
+    rng: np.random.Generator, *, users_per_arm: int, rates: tuple[float, float], history: int = 5
+) -> tuple[Sim, Floats]:
+    """One request per user with user effects, and each user's covariate: the share right of
+    ``history`` requests before the experiment.
+
+    A user's ability is one quantile ``q`` of the Beta user effects (a + b = 4): their rate is
+    the quantile of their arm's Beta, their history's rate that of the control's (before the
+    experiment everyone had the control).
+    """
+    from scipy import stats
+
+    users = users_per_arm * 2
+    arm = rng.integers(0, 2, size=users)
+    q = rng.random(users)
+    control = stats.beta.ppf(q, rates[0] * 4.0, (1 - rates[0]) * 4.0)
+    treated = stats.beta.ppf(q, rates[1] * 4.0, (1 - rates[1]) * 4.0)
+    p = np.where(arm == 0, control, treated)
+    x = rng.binomial(history, control) / history
+    y = (rng.random(users) < p).astype(float)
+    sim = Sim(Stream(np.arange(users), arm, y, np.ones(users)), arm.copy(), np.asarray(rates))
+    return sim, np.asarray(x, dtype=float)
+
+
+def first_stop(sim: Sim, setup: Setup) -> float:
+    """Users per arm at the first look where the always-valid test finds v1 (inf: never)."""
+    from gateway.experiments.comparisons import difference
+
+    result = evaluate(setup, {"m": Metric("m", "boolean", True, sim.stream)}, sim.firsts)
+    if result.decision["winner"] != "v1":
+        return math.inf
+    path = ratio_path(sim.stream, 2)
+    seq = difference(path, 0, 1, alpha=0.05, n_star=setup.n_star, burn_in=setup.burn_in)
+    return float(path.units[:, int(np.flatnonzero(seq.p <= 0.05)[0])].min())
+
+
+def case_cuped(rng: np.random.Generator, reps: int, _sizes: list[int]) -> None:
+    """CUPED (gateway.experiments.cuped) on the same simulated experiments as without it."""
+    setup = setup_for(2)
+    runs = max(200, reps // 4)
+    start = time.perf_counter()
+    plain, adjusted = np.full(runs, np.inf), np.full(runs, np.inf)
+    for i in range(runs):
+        sim, x = covariate_sim(rng, users_per_arm=4000, rates=(0.30, 0.35))
+        plain[i] = first_stop(sim, setup)
+        cuped = Sim(adjust(sim.stream, x), sim.firsts, sim.truth)
+        adjusted[i] = first_stop(cuped, setup)
+    for label, stops in (("without CUPED", plain), ("with CUPED", adjusted)):
+        found = np.isfinite(stops)
+        n80 = float(np.quantile(stops, 0.8)) if found.mean() >= 0.8 else math.inf
+        line(
+            f"0.30 -> 0.35 {label} ({runs} runs): users per arm by which 80% found it",
+            f"{n80:,.0f}",
+            start,
+        )
+        line("  found by 4,000 users per arm", rate(int(found.sum()), runs), start)
+    start = time.perf_counter()
+    winners = 0
+    aa = max(200, reps // 2)
+    rhos = []
+    for _ in range(aa):
+        sim, x = covariate_sim(rng, users_per_arm=2000, rates=(0.30, 0.30))
+        rhos.append(float(np.corrcoef(x, sim.stream.y)[0, 1]))
+        cuped = Sim(adjust(sim.stream, x), sim.firsts, sim.truth)
+        winners += decide(cuped, setup)["winner"] is not None
+    line(
+        f"A/A with CUPED, 2,000 users per arm, polled after every request ({aa})",
+        rate(winners, aa),
+        start,
+    )
+    rho2 = float(np.mean(rhos)) ** 2
+    line("  mean rho^2 between covariate and outcome (variance cut)", f"{rho2:.3f}", start)
 
 
 # -- row-level cases through analyse --------------------------------------------------------------
@@ -389,6 +464,7 @@ CASES: dict[str, Case] = {
     "coverage": case_coverage,
     "power": case_power,
     "rows": case_rows,
+    "cuped": case_cuped,
 }
 
 
