@@ -191,8 +191,26 @@ def gateway(
         yield running
 
 
+RUN_ID = "console-offline-run"
+
+
+def offline_run(gateway: GatewayProcess) -> None:
+    """A small offline evaluation of both variants, through the API ``gateway eval --url`` uses."""
+    with httpx.Client(base_url=gateway.url, headers=ADMIN, timeout=60) as client:
+        for variant, right in (("prompted", 2), ("tuned-variant-with-a-long-name", 3)):
+            for i in range(4):
+                request = {"model": "qa", "messages": [{"role": "user", "content": f"item {i}"}]}
+                call = {"route": "qa", "variant": variant, "run_id": RUN_ID, "request": request}
+                outcome = client.post("/v1/evaluations/calls", json=call).json()
+                assert outcome["status"] == "ok", outcome
+                score = {"run_id": RUN_ID, "inference_id": outcome["inference_id"]}
+                resp = client.post("/v1/evaluations/scores", json={**score, "correct": i < right})
+                assert resp.status_code == 201, resp.text
+
+
 @pytest.fixture(scope="module")
 def traffic(gateway: GatewayProcess) -> Traffic:
+    offline_run(gateway)
     sender = Traffic(gateway.url, USER)
     # Past the burn-in (min_samples 20 per variant), so the difference is drawn.
     sender.send(60, correct_share={"prompted": 0.3, "tuned-variant-with-a-long-name": 0.8})
@@ -265,6 +283,11 @@ def test_the_experiment_page_shows_the_decision_and_updates_as_samples_arrive(
     expect(metrics).to_contain_text("correct")
     expect(page.get_by_role("region", name=re.compile("^Guardrails"))).to_contain_text("error_rate")
     expect(page.get_by_role("region", name="Units at their first assignment")).to_be_visible()
+    # The offline run of the same route, beside the live figures and in full below them.
+    offline = f"offline accuracy ({RUN_ID})"
+    expect(cell(metrics, "prompted", offline)).to_contain_text("0.5")
+    expect(cell(metrics, "tuned-variant-with-a-long-name", offline)).to_contain_text("0.75")
+    expect(page.get_by_role("region", name=re.compile(f"^Run {RUN_ID}"))).to_contain_text("0.75")
     chart = page.get_by_role("img", name=re.compile("on correct, with its always-valid"))
     expect(chart).to_be_visible()
     expect(chart.locator("canvas")).to_be_visible()

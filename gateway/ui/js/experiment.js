@@ -140,14 +140,19 @@ export function experimentPage(root, route) {
         ]),
       );
     });
-    update(metrics, r.variants, () => {
+    // The newest offline run of the route sits beside the live figures: the same variants'
+    // accuracy on labelled data, before (or while) they get live traffic.
+    const run = r.offline && r.offline.length ? r.offline[0] : null;
+    update(metrics, [r.variants, run], () => {
       const names = [...new Set(Object.values(r.variants).flatMap((v) => Object.keys(v.metrics)))];
+      const offline = run ? [`offline accuracy (${run.run_id})`] : [];
       return table(
         "Each metric per variant: mean [95% interval], units",
-        ["variant", ...names],
+        ["variant", ...names, ...offline],
         Object.entries(r.variants).map(([name, v]) => [
           link(hashFor("inferences", { route, variant: name }), name),
-          ...names.map((m) => (v.metrics[m] ? `${estimate(v.metrics[m])} · n ${num(v.metrics[m].n)}` : "—")),
+          ...names.map((m) => (v.metrics[m] ? `${estimate(v.metrics[m])}\u00a0·\u00a0n\u00a0${num(v.metrics[m].n)}` : "—")),
+          ...(run ? [run.variants[name] ? `${estimate(run.variants[name].accuracy)}\u00a0·\u00a0n\u00a0${num(run.variants[name].accuracy.n)}` : "—"] : []),
         ]),
       );
     });
