@@ -7,7 +7,7 @@ import contextlib
 import gc
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
 from fastapi import FastAPI
@@ -35,6 +35,7 @@ from gateway.api.access import scoped
 from gateway.api.errors import install_error_handlers
 from gateway.api.hot_path import PATH as chat_path
 from gateway.api.hot_path import ChatHotPath
+from gateway.api.metrics import StateCollector
 from gateway.api.middleware import RequestGuard
 from gateway.config.schema import GatewayConfig
 from gateway.engines.factory import Engine, build_engines, start_engines
@@ -59,7 +60,7 @@ def create_app(
     settings: Settings | None = None,
     *,
     resolved: Resolved | None = None,
-    engines: dict[str, Engine] | None = None,
+    engines: Mapping[str, Engine] | None = None,
 ) -> FastAPI:
     """Build the gateway.
 
@@ -78,7 +79,7 @@ def create_app(
             # A real serve whose routes use retrieval: load the embedding model (and torch,
             # ~350 MB) off the request path. Otherwise it loads on first use, if ever.
             runner.warm_up()
-        built = engines if engines is not None else await build_engines(config, settings)
+        built = dict(engines) if engines is not None else await build_engines(config, settings)
         await start_engines(built)
         async with contextlib.AsyncExitStack() as stack:
             stack.push_async_callback(_stop_engines, built)
@@ -123,6 +124,7 @@ def create_app(
                 started_at=time.time(),
                 tracing=tracing,
             )
+            metrics.registry.register(StateCollector(app.state.gateway))
             # Everything built so far lives as long as the process: keep the garbage collector
             # from walking it again and again (a full pass over the imported libraries took
             # 37 ms and set the p99 of added latency).

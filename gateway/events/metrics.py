@@ -5,9 +5,10 @@ Two kinds of figures:
 - Per inference, from its event (``observe``): requests, errors, latency, time to first token,
   inter-chunk gaps, tokens, cost, retries and fallbacks, rate-limit refusals. Labelled by
   ``route``, ``variant``, ``target`` (the model or adapter that ran), ``pipeline`` and outcome.
-- Read when scraped (``refresh`` and ``_StateCollector``): in-flight requests, cooldowns, the
-  retry budget, adapter loads, evictions and state, engine readiness and restarts, the event
-  log's queue, spool and drops. Nothing is counted twice and the hot path pays for none of it.
+- Read when scraped: the event log's queue, spool and drops (``_StateCollector`` here); in-flight
+  requests, cooldowns, the retry budget, adapter loads, evictions and state, engine readiness
+  and restarts (``gateway.api.metrics.StateCollector``, which reads the gateway's state).
+  Nothing is counted twice and the hot path pays for none of it.
 
 Label values come from the configuration only (routes, variants, models, adapters, pipelines)
 or from the gateway's own error codes: never a user, a key or a client's free text. A model
@@ -17,10 +18,9 @@ name a client made up is not a target (a refusal has no target), an unknown pipe
 
 from __future__ import annotations
 
-import asyncio
 import re
-from collections.abc import Callable, Collection, Iterator
-from typing import TYPE_CHECKING, Any
+from collections.abc import Collection, Iterator
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -29,9 +29,6 @@ from prometheus_client.registry import Collector
 from gateway.events.log import EventLog
 from gateway.events.schema import InferenceEvent
 from gateway.telemetry.logs import RequestLog
-
-if TYPE_CHECKING:
-    from gateway.state import GatewayState
 
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
 _GAP_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
@@ -232,42 +229,20 @@ class Metrics:
 
     # -- read when scraped ------------------------------------------------------------------------
 
-    async def refresh(self, state: GatewayState) -> None:
-        """Probe the engines (concurrently, bounded) and point the collector at the state."""
-        self.collector.state = state
-        names = list(state.engines)
-        probes = [_probe(state.engines[name].health) for name in names]
-        for name, (up, current) in zip(names, await asyncio.gather(*probes), strict=True):
-            self.engine_up.labels(name).set(1 if up else 0)
-            for known in ENGINE_STATES:
-                self.engine_state.labels(name, known).set(1 if known == current else 0)
-
     def render(self) -> bytes:
         return generate_latest(self.registry)
 
 
-async def _probe(health: Callable[[], Any]) -> tuple[bool, str]:
-    try:
-        async with asyncio.timeout(HEALTH_TIMEOUT_S):
-            result = await health()
-    except Exception:  # a probe that fails or hangs is an engine that is down
-        return False, "failed"
-    return bool(result.ready), str(result.state)
-
-
 class _StateCollector(Collector):
-    """Figures the gateway keeps anyway, read at scrape time (no cost between scrapes)."""
+    """The event log's figures, read at scrape time (no cost between scrapes). The rest of the
+    gateway's state is read by the /metrics route's collector (gateway/api/metrics.py)."""
 
     def __init__(self, events: EventLog | None) -> None:
         self.events = events
-        #: set by ``Metrics.refresh`` on the first scrape
-        self.state: GatewayState | None = None
 
     def collect(self) -> Iterator[Metric]:
         if self.events is not None:
             yield from _event_log(self.events)
-        if self.state is not None:
-            yield from _gateway(self.state)
 
 
 def _event_log(events: EventLog) -> Iterator[Metric]:
@@ -311,78 +286,3 @@ def _size(path: Any) -> int:
         return int(path.stat().st_size)
     except OSError:
         return 0
-
-
-def _gateway(state: GatewayState) -> Iterator[Metric]:
-    yield GaugeMetricFamily(
-        "switchboard_requests_in_flight",
-        "Chat requests admitted and not finished (streams until their end).",
-        state.gate.in_flight,
-    )
-    dispatcher = state.dispatcher
-    yield GaugeMetricFamily(
-        "switchboard_retry_budget",
-        "Retries the shared retry budget holds now.",
-        dispatcher.budget.level,
-    )
-    cooling = GaugeMetricFamily(
-        "switchboard_cooldown_remaining_seconds",
-        "Seconds a cooling variant (or target) has left; absent when none cools down.",
-        labels=("route", "variant", "target"),
-    )
-    for key, seconds in dispatcher.cooldowns.cooling().items():
-        cooling.add_metric(_cool_labels(state, key), seconds)
-    yield cooling
-    yield from _adapters(state)
-    restarts = CounterMetricFamily(
-        "switchboard_engine_restarts",
-        "Times the gateway restarted a vLLM it supervises after it died.",
-        labels=("model",),
-    )
-    for name, engine in state.engines.items():
-        supervisor = getattr(engine, "supervisor", None)
-        restarts.add_metric([name], getattr(supervisor, "restarts", 0) if supervisor else 0)
-    yield restarts
-
-
-def _cool_labels(state: GatewayState, key: str) -> list[str]:
-    """A cooldown's key is ``route/variant``, or a target's name (which may hold '/')."""
-    route_name, _, variant_name = key.partition("/")
-    route = state.config.routes.get(route_name)
-    if route is not None and variant_name in route.variants:
-        return [route_name, variant_name, route.variants[variant_name].target]
-    return ["", "", key]
-
-
-def _adapters(state: GatewayState) -> Iterator[Metric]:
-    adapters = state.adapters
-    current = GaugeMetricFamily(
-        "switchboard_adapter_state",
-        "1 for each adapter's state: loaded (in vLLM), available (loads on use) or unloaded.",
-        labels=("adapter", "model", "state"),
-    )
-    loads = CounterMetricFamily(
-        "switchboard_adapter_loads", "Adapter loads into vLLM.", labels=("adapter", "model")
-    )
-    evictions = CounterMetricFamily(
-        "switchboard_adapter_evictions",
-        "Adapters unloaded to make room for another (least recently used first).",
-        labels=("adapter", "model"),
-    )
-    load_seconds = GaugeMetricFamily(
-        "switchboard_adapter_load_seconds",
-        "How long the adapter's last load into vLLM took.",
-        labels=("adapter", "model"),
-    )
-    load_counts = getattr(adapters, "loads", {})
-    eviction_counts = getattr(adapters, "evictions", {})
-    for adapter in adapters.registry.all():
-        name, model = adapter.name, adapter.base_model
-        now = adapters.state(name)
-        for known in ADAPTER_STATES:
-            current.add_metric([name, model, known], 1 if known == now else 0)
-        loads.add_metric([name, model], load_counts.get(name, 0))
-        evictions.add_metric([name, model], eviction_counts.get(name, 0))
-        if name in adapters.load_seconds:
-            load_seconds.add_metric([name, model], adapters.load_seconds[name])
-    yield from (current, loads, evictions, load_seconds)

@@ -32,7 +32,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
 from contextlib import AbstractContextManager, nullcontext
 from contextvars import ContextVar
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from opentelemetry import trace
 from opentelemetry.context import Context
@@ -40,6 +40,7 @@ from opentelemetry.propagate import get_global_textmap
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode, Tracer
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
+from gateway.engines.base import Engine
 from gateway.events.schema import InferenceEvent
 
 if TYPE_CHECKING:
@@ -47,7 +48,6 @@ if TYPE_CHECKING:
     from opentelemetry.sdk.trace.export import SpanExporter
 
     from gateway.config.schema import TelemetrySpec
-    from gateway.engines.target import Target
 
 #: the app whose request is running, set by the request span (None: tracing is off here)
 _ACTIVE: ContextVar[Tracing | None] = ContextVar("switchboard_tracing", default=None)
@@ -269,6 +269,21 @@ def _annotate_request(span: Span, event: InferenceEvent) -> None:
 
 
 # -- model calls (gateway/engines/target.py) -----------------------------------------------------
+
+
+class Target(Protocol):
+    """What a model call is made on (``gateway.engines.target.Target``, which calls in here)."""
+
+    @property
+    def name(self) -> str: ...
+    @property
+    def engine(self) -> Engine: ...
+    @property
+    def upstream_model(self) -> str: ...
+    @property
+    def base_model(self) -> str: ...
+    @property
+    def adapter(self) -> str | None: ...
 
 
 def chat(target: Target, body: dict[str, Any]) -> Awaitable[dict[str, Any]]:
