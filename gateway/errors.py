@@ -12,11 +12,16 @@ The tree (``SwitchboardError`` is the root; ``exit`` is the ``gateway`` command'
     │   │   ├── ModelNotFoundError    no model, adapter or route of that name
     │   │   └── AdapterNotFoundError  no adapter of that name in the registry
     │   ├── PayloadTooLargeError      the body is over limits.max_body_bytes (413)
+    │   ├── RequestTimeoutError       the body did not arrive in time (408)
+    │   ├── UnsupportedMediaTypeError a POST body not declared JSON (415)
     │   ├── ClientClosedRequest       the client went away first (499, nobody reads it)
     │   ├── RateLimitError            a quota of this gateway (429)
     │   ├── UpstreamRejectedError     the engine refused the request as invalid (400)
     │   ├── StoreUnavailableError     the event database is down for now (503)
+    │   ├── ShuttingDownError         the drain ran out before the stream ended (503, in-band)
+    │   ├── StateUnavailableError     shared limits down, on_unavailable: closed (503)
     │   ├── UnroutedRequestError      Starlette answered by itself: no such path, method (4xx)
+    │   ├── ConnectionRefusedByGuard  the HTTP guard refused it before the app (4xx, 503)
     │   ├── InternalServerError       a bug: logged, answered without details (500)
     │   └── EngineError               the engine failed; ``retryable`` says if a retry may help
     │       ├── EngineUnavailableError     starting, restarting or unreachable (503)
@@ -261,6 +266,17 @@ class StoreUnavailableError(GatewayError):
         super().__init__(message, headers={"Retry-After": str(retry_after_s)})
 
 
+class StateUnavailableError(GatewayError):
+    """The shared state (Redis) is down and ``state.on_unavailable`` is ``closed`` (503)."""
+
+    status_code = 503
+    error_type = "api_error"
+    default_code = "state_unavailable"
+
+    def __init__(self, message: str, *, retry_after_s: int = 1) -> None:
+        super().__init__(message, headers={"Retry-After": str(retry_after_s)})
+
+
 class UnroutedRequestError(GatewayError):
     """A status Starlette answers by itself (no such path 404, method not allowed 405)."""
 
@@ -268,6 +284,43 @@ class UnroutedRequestError(GatewayError):
         self, status_code: int, message: str, *, headers: dict[str, str] | None = None
     ) -> None:
         super().__init__(message, headers=headers)
+        self.status_code = status_code
+        self.error_type = "invalid_request_error" if status_code < 500 else "server_error"
+
+
+class RequestTimeoutError(GatewayError):
+    """The body did not arrive within ``server.body_timeout_s`` (408)."""
+
+    status_code = 408
+    error_type = "invalid_request_error"
+    default_code = "request_timeout"
+
+
+class UnsupportedMediaTypeError(GatewayError):
+    """A body that is not declared JSON (415): a web page's form or text POST is refused."""
+
+    status_code = 415
+    error_type = "invalid_request_error"
+    default_code = "unsupported_media_type"
+
+    def __init__(self) -> None:
+        super().__init__("Send the request body as JSON, with 'Content-Type: application/json'.")
+
+
+class ShuttingDownError(GatewayError):
+    """The server stopped before the stream ended: its drain time ran out (503, in-band)."""
+
+    status_code = 503
+    error_type = "server_error"
+    default_code = "shutting_down"
+
+
+class ConnectionRefusedByGuard(GatewayError):
+    """The HTTP guard (admission/http_guard.py) refused a request before it reached the app:
+    headers too large or too slow, a foreign Host, malformed HTTP, no connection left."""
+
+    def __init__(self, status_code: int, code: str, message: str) -> None:
+        super().__init__(message, code=code)
         self.status_code = status_code
         self.error_type = "invalid_request_error" if status_code < 500 else "server_error"
 

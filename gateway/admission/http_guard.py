@@ -35,6 +35,7 @@ import orjson
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from gateway.config.schema import ServerSpec
+from gateway.errors import ConnectionRefusedByGuard, render
 
 log = logging.getLogger(__name__)
 
@@ -53,10 +54,6 @@ _REASONS = {
     431: b"Request Header Fields Too Large",
     503: b"Service Unavailable",
 }
-
-
-class _Refused(Exception):
-    """Raised in a parser callback to stop parsing; the refusal is on the protocol."""
 
 
 @dataclass
@@ -285,17 +282,15 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
     def _stop(self, status: int, code: str, message: str) -> None:
         """Refuse from inside a parser callback: parsing stops, ``data_received`` answers."""
         self._refusal = (status, code, message)
-        raise _Refused(code)
+        # Raised inside a parser callback it stops parsing; ``data_received`` answers it.
+        raise ConnectionRefusedByGuard(status, code, message)
 
     def _refuse(self, status: int, code: str, message: str) -> None:
         self._disarm()
         self._header_bytes = None
         if self.transport.is_closing():
             return
-        kind = "server_error" if status >= 500 else "invalid_request_error"
-        body = orjson.dumps(
-            {"error": {"message": message, "type": kind, "param": None, "code": code}}
-        )
+        body = orjson.dumps(render(ConnectionRefusedByGuard(status, code, message)))
         head = b"HTTP/1.1 %d %s\r\n" % (status, _REASONS.get(status, b"Error"))
         head += b"content-type: application/json\r\ncontent-length: %d\r\n" % len(body)
         head += b"connection: close\r\n\r\n"

@@ -12,26 +12,13 @@ import asyncio
 import orjson
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from gateway.errors import ClientClosedRequest, GatewayError, PayloadTooLargeError
-
-
-class RequestTimeoutError(GatewayError):
-    """The body did not arrive within ``server.body_timeout_s`` (408)."""
-
-    status_code = 408
-    error_type = "invalid_request_error"
-    default_code = "request_timeout"
-
-
-class UnsupportedMediaTypeError(GatewayError):
-    """A body that is not declared JSON (415): a web page's form or text POST is refused."""
-
-    status_code = 415
-    error_type = "invalid_request_error"
-    default_code = "unsupported_media_type"
-
-    def __init__(self) -> None:
-        super().__init__("Send the request body as JSON, with 'Content-Type: application/json'.")
+from gateway.errors import (
+    ClientClosedRequest,
+    GatewayError,
+    PayloadTooLargeError,
+    RequestTimeoutError,
+    UnsupportedMediaTypeError,
+)
 
 
 def too_large(max_bytes: int) -> PayloadTooLargeError:

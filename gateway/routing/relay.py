@@ -13,7 +13,7 @@ from collections.abc import AsyncIterator
 
 import orjson
 
-from gateway.errors import EngineError, GatewayError, StreamStalledError
+from gateway.errors import EngineError, GatewayError, ShuttingDownError, StreamStalledError
 from gateway.routing.attempt_events import Attempt
 from gateway.routing.context import PipelineResultLike, RequestContext, deadline_exceeded
 
@@ -97,14 +97,6 @@ async def relay(
         yield b"data: " + orjson.dumps(exc.to_dict()) + b"\n\n"
     finally:
         await close(chunks)
-
-
-class ShuttingDownError(GatewayError):
-    """The server stopped before the stream ended: its drain time ran out (503, in-band)."""
-
-    status_code = 503
-    error_type = "server_error"
-    default_code = "shutting_down"
 
 
 #: the message uvicorn cancels requests with when ``timeout_graceful_shutdown`` runs out
