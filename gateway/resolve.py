@@ -17,6 +17,7 @@ from gateway.config.schema import PACKAGED_PREFIX, GatewayConfig, VLLMModel, mod
 from gateway.engines.packaged import PACKAGED_MODELS
 from gateway.errors import ConfigError
 from gateway.pipelines.loader import Pipeline, discover, load_pipelines
+from gateway.routing.cascade import cascade_problems
 from gateway.settings import Settings
 
 
@@ -48,6 +49,7 @@ def resolve(config: GatewayConfig, settings: Settings) -> Resolved:
         pipeline_names = set(pipelines)
     targets = set(config.models) | {adapter.name for adapter in registry.all()}
     problems += route_problems(config, targets, pipeline_names)
+    problems += cascade_problems(config, pipelines)
     problems += alias_problems(config, targets)
     if problems:
         raise ConfigError(config.source, problems)
@@ -123,6 +125,8 @@ def route_problems(
             problems.append(f"routes.{route}: also the name of a model or adapter. Fix: rename it.")
         for name, variant in spec.variants.items():
             key = f"routes.{route}.variants.{name}"
+            if variant.cascade is not None:
+                continue  # its steps are checked by cascade_problems
             if variant.target not in known_targets:
                 problems.append(
                     f"{key}.target: '{variant.target}' is not a model or adapter. "

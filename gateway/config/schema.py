@@ -19,6 +19,15 @@ from pydantic import (
     model_validator,
 )
 
+from gateway.config.loop import (
+    CASCADE_PIPELINE,
+    CaptureSpec,
+    CascadeStepSpec,
+    check_cascade,
+    fill_cascade_targets,
+)
+from gateway.config.scale import BalanceSpec, StateSpec
+
 PACKAGED_PREFIX = "packaged:"
 MODEL_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/-]{0,127}$")
 
@@ -36,6 +45,7 @@ class LaunchSpec(_Spec):
     env: dict[str, str] = Field(default_factory=dict)
     startup_timeout_s: float = Field(default=600.0, gt=0)
     restart_backoff_max_s: float = Field(default=60.0, gt=0)
+    replicas: int = Field(default=1, ge=1, le=64, description="vLLM servers to launch")
     tool_parser: str | None = Field(
         default="auto",
         pattern=r"^[a-z0-9_.-]{1,64}$",
@@ -91,6 +101,7 @@ class VLLMModel(_Spec):
     )
     api_key_env: str | None = None
     timeout_s: float = Field(default=600.0, gt=0)
+    balance: BalanceSpec = Field(default_factory=BalanceSpec, description="config/scale.py")
 
     @model_validator(mode="after")
     def _launch_xor_urls(self) -> VLLMModel:
@@ -254,7 +265,7 @@ class SamplingSpec(_Spec):
 class VariantSpec(_Spec):
     """A model or adapter, a pipeline and sampling settings, with a share of the traffic."""
 
-    target: str = Field(description="a model id or an adapter name")
+    target: str = Field(description="a model id or an adapter name (a cascade: filled in)")
     pipeline: str = "plain"
     weight: float = Field(
         default=0.0,
@@ -264,6 +275,17 @@ class VariantSpec(_Spec):
         description="relative share; 0: only pinned, shadow or fallback",
     )
     params: SamplingSpec = Field(default_factory=SamplingSpec)
+    cascade: list[CascadeStepSpec] | None = Field(
+        default=None, description="steps (variants of the route) tried in order: config/loop.py"
+    )
+
+    @model_validator(mode="after")
+    def _cascade(self) -> VariantSpec:
+        if self.cascade is not None:
+            check_cascade(self.cascade)
+        elif self.pipeline == CASCADE_PIPELINE:
+            raise ValueError(f"pipeline: '{CASCADE_PIPELINE}' is reserved; write 'cascade: [...]'")
+        return self
 
 
 class ShadowSpec(_Spec):
@@ -340,6 +362,9 @@ class RouteSpec(_Spec):
     shadow: list[ShadowSpec] = Field(default_factory=list)
     fallback: list[str] = Field(default_factory=list)
     experiment: ExperimentSpec | None = None
+    capture: CaptureSpec | None = Field(default=None, description="off by default: config/loop.py")
+
+    _fill_cascades = model_validator(mode="before")(fill_cascade_targets)
 
     @model_validator(mode="after")
     def _references(self) -> RouteSpec:
@@ -407,6 +432,7 @@ class GatewayConfig(_Spec):
     adapters: AdaptersSpec = Field(default_factory=AdaptersSpec)
     pipelines: PipelinesSpec = Field(default_factory=PipelinesSpec)
     telemetry: TelemetrySpec = Field(default_factory=TelemetrySpec)
+    state: StateSpec = Field(default_factory=StateSpec, description="config/scale.py")
     aliases: dict[str, str] = Field(
         default_factory=dict,
         description="another public name for a model, adapter or route (e.g. gpt-4o-mini)",

@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import Any, Generic, TypeVar
 
 from gateway.errors import StoreDataError, StoreError
-from gateway.events.schema import FeedbackRow, InferenceEvent, as_dict, from_dict
+from gateway.events.schema import CaptureRow, FeedbackRow, InferenceEvent, as_dict, from_dict
 from gateway.events.stores import Store
 
 log = logging.getLogger(__name__)
@@ -64,7 +64,9 @@ class EventLogStats:
     durable_timeouts: int = 0
 
 
-Row = TypeVar("Row", InferenceEvent, FeedbackRow)
+Row = TypeVar("Row", InferenceEvent, FeedbackRow, CaptureRow)
+#: what the writer's queue holds: events, and the captures of routes that capture
+Queued = InferenceEvent | CaptureRow
 #: a row as the spool and the quarantine file hold it (a JSON object)
 Line = dict[str, Any]
 
@@ -106,14 +108,14 @@ class EventLog:
         self.durable_timeout_s = durable_timeout_s
         self.retry_max_s = retry_max_s
         self.stats = EventLogStats()
-        self._queue: asyncio.Queue[InferenceEvent] = asyncio.Queue(maxsize=max_queue)
+        self._queue: asyncio.Queue[Queued] = asyncio.Queue(maxsize=max_queue)
         # Events accepted but not yet in the store, so feedback can find them meanwhile.
         self._pending: dict[str, InferenceEvent] = {}
         self._tasks: list[asyncio.Task[None]] = []
         # Durable mode: the response of each event waits on its future until it is kept.
         self._waiters: dict[str, asyncio.Future[None]] = {}
         # The writer's batch while it is being written: what stop() spools if it is cancelled.
-        self._in_hand: list[InferenceEvent] = []
+        self._in_hand: list[Queued] = []
         self._spool_lock = asyncio.Lock()
         self._quarantine_lock = asyncio.Lock()
 
@@ -187,6 +189,14 @@ class EventLog:
         it is in the store or the spool.
         """
         self._enqueue(event, wait=self.durable)
+
+    def record_capture(self, row: CaptureRow) -> None:
+        """Queue a capture behind its event (same batches, spool and replay); never blocks."""
+        try:
+            self._queue.put_nowait(row)
+        except asyncio.QueueFull:
+            self.stats.dropped += 1
+            log.error("event log queue full: dropped the capture of %s", row.id)
 
     def _enqueue(self, event: InferenceEvent, *, wait: bool) -> asyncio.Future[None] | None:
         try:
@@ -329,7 +339,7 @@ class EventLog:
                 self._queue.task_done()
             self.stats.queue_depth = self._queue.qsize()
 
-    async def _next_batch(self) -> tuple[list[InferenceEvent], bool]:
+    async def _next_batch(self) -> tuple[list[Queued], bool]:
         """Up to ``batch_size`` events, and whether a flush asked for them now.
 
         Batched mode collects until the batch is full or the flush interval is over; durable
@@ -337,7 +347,7 @@ class EventLog:
         events of concurrent requests into one commit.
         """
         first = await self._queue.get()
-        batch = [] if first is _WAKE else [first]
+        batch: list[Queued] = [] if first is _WAKE else [first]
         woken = first is _WAKE
         wait_s = 0.0 if self.durable else self.flush_interval_s
         deadline = time.monotonic() + wait_s
@@ -358,7 +368,7 @@ class EventLog:
                 batch.append(item)
         return batch, woken
 
-    async def _keep(self, batch: list[InferenceEvent]) -> None:
+    async def _keep(self, batch: list[Queued]) -> None:
         """Write the batch to the store or the spool, trying again until one takes it.
 
         Neither taking it means the disk under both is full (or gone): the rows wait here,
@@ -367,7 +377,11 @@ class EventLog:
         delay = 0.05
         while True:
             try:
-                await self._write("event", self.store.write_events, batch)
+                events = [r for r in batch if isinstance(r, InferenceEvent)]
+                await self._write("event", self.store.write_events, events)
+                captures = [r for r in batch if isinstance(r, CaptureRow)]
+                if captures:  # after their events, which a join reads them with
+                    await self._write("capture", self.store.write_captures, captures)
                 return
             except (OSError, ValueError) as exc:
                 self.stats.retries += 1
@@ -381,9 +395,11 @@ class EventLog:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, self.retry_max_s)
 
-    def _release(self, batch: Sequence[InferenceEvent]) -> None:
+    def _release(self, batch: Sequence[Queued]) -> None:
         """The batch is kept (or given up at shutdown): forget it, and answer its waiters."""
         for event in batch:
+            if isinstance(event, CaptureRow):
+                continue
             self._pending.pop(event.id, None)
             waiter = self._waiters.pop(event.id, None)
             if waiter is not None and not waiter.done():
@@ -391,11 +407,12 @@ class EventLog:
 
     # -- spool and replay -----------------------------------------------------------------------
 
-    async def _spool(self, kind: str, rows: Sequence[InferenceEvent | FeedbackRow]) -> None:
+    async def _spool(self, kind: str, rows: Sequence[Queued | FeedbackRow]) -> None:
         if not rows:
             return
         lines = "".join(
-            json.dumps({"kind": kind, "row": as_dict(r)}, default=str) + "\n" for r in rows
+            json.dumps({"kind": _kind(r, kind), "row": as_dict(r)}, default=str) + "\n"
+            for r in rows
         )
         async with self._spool_lock:
             await asyncio.to_thread(_append_synced, self.spool_path, lines)
@@ -435,6 +452,7 @@ class EventLog:
             lines = (await asyncio.to_thread(self.spool_path.read_text)).splitlines()
             events: list[InferenceEvent] = []
             feedback: list[FeedbackRow] = []
+            captures: list[CaptureRow] = []
             unreadable: list[tuple[Line, StoreDataError]] = []
             for line in filter(None, lines):
                 row = _spool_entry(line)
@@ -442,6 +460,8 @@ class EventLog:
                     events.append(row)
                 elif isinstance(row, FeedbackRow):
                     feedback.append(row)
+                elif isinstance(row, CaptureRow):
+                    captures.append(row)
                 else:
                     unreadable.append(({"line": line}, StoreDataError("unreadable spool line")))
             # Events first: feedback rows refer to them.
@@ -451,6 +471,10 @@ class EventLog:
             stored_feedback = await self._replay_rows(self.store.write_feedback, feedback)
             if stored_feedback is None:
                 return 0
+            stored_captures = await self._replay_rows(self.store.write_captures, captures)
+            if stored_captures is None:
+                return 0
+            await self._quarantine("capture", stored_captures.refused_lines())
             await self._quarantine("spool", unreadable)
             await self._quarantine("event", stored_events.refused_lines())
             await self._quarantine("feedback", stored_feedback.refused_lines())
@@ -499,7 +523,11 @@ class EventLog:
         return None
 
 
-def _spool_entry(line: str) -> InferenceEvent | FeedbackRow | None:
+def _kind(row: Queued | FeedbackRow, default: str) -> str:
+    return "capture" if isinstance(row, CaptureRow) else default
+
+
+def _spool_entry(line: str) -> InferenceEvent | FeedbackRow | CaptureRow | None:
     """A spool line's row; None for a line that cannot be read (torn, or not a row)."""
     try:
         entry = json.loads(line)
@@ -513,6 +541,8 @@ def _spool_entry(line: str) -> InferenceEvent | FeedbackRow | None:
             return from_dict(InferenceEvent, row)
         if kind == "feedback":
             return from_dict(FeedbackRow, row)
+        if kind == "capture":
+            return from_dict(CaptureRow, row)
     except TypeError:  # a required column is missing
         return None
     return None

@@ -57,6 +57,31 @@ class InferenceEvent:
     #: shared by every attempt of one client request (a shadow has its own): what intention to
     #: treat groups by. Last, so that a database from before it gains it as its last column.
     request_id: str | None = None
+    #: a cascade's steps, in order (variant, confidence, accepted, calls, tokens, cost), as JSON
+    steps: list[Any] | None = None
+    #: the index of the cascade step that answered
+    cascade_step: int | None = None
+
+
+@dataclass(slots=True, kw_only=True)
+class CaptureRow:
+    """A captured request's text (redacted): a row of ``captures``, keyed by inference id.
+
+    Only routes with ``capture`` write these (gateway/events/capture.py): user content at rest.
+    """
+
+    #: the inference id of the event it belongs to
+    id: str
+    ts: float
+    route: str | None = None
+    variant: str | None = None
+    #: the request's messages (role and text), as JSON
+    messages: list[Any]
+    #: the response's text
+    response: str | None = None
+    answer: str | None = None
+    #: the answer's vote share (voting pipelines) or letter probability (cascade steps)
+    confidence: float | None = None
 
 
 @dataclass(slots=True, kw_only=True)
@@ -92,10 +117,11 @@ class FeedbackRow:
         )
 
 
-Row = TypeVar("Row", InferenceEvent, FeedbackRow)
+Row = TypeVar("Row", InferenceEvent, FeedbackRow, CaptureRow)
+AnyRow = InferenceEvent | FeedbackRow | CaptureRow
 
 
-def columns(row_type: type[InferenceEvent | FeedbackRow]) -> tuple[str, ...]:
+def columns(row_type: type[AnyRow]) -> tuple[str, ...]:
     """The table's columns, in the order of the fields."""
     return tuple(f.name for f in dataclasses.fields(row_type))
 
@@ -106,10 +132,11 @@ _SQL_TYPES: Mapping[type, str] = {
     int: "INTEGER",
     bool: "INTEGER",  # 0/1: PostgreSQL has no bool->int cast, SQLite no bool
     dict: "TEXT",  # JSON
+    list: "TEXT",  # JSON
 }
 
 
-def column_types(row_type: type[InferenceEvent | FeedbackRow]) -> dict[str, str]:
+def column_types(row_type: type[AnyRow]) -> dict[str, str]:
     """Each column's SQL type, from its field's annotation.
 
     ``id`` is the primary key (replays insert with ``ON CONFLICT (id) DO NOTHING``). A field
@@ -131,7 +158,7 @@ def column_types(row_type: type[InferenceEvent | FeedbackRow]) -> dict[str, str]
     return types_
 
 
-def flag_columns(row_type: type[InferenceEvent | FeedbackRow]) -> tuple[str, ...]:
+def flag_columns(row_type: type[AnyRow]) -> tuple[str, ...]:
     """The columns stored as 0/1."""
     hints = typing.get_type_hints(row_type)
     return tuple(name for name in columns(row_type) if _unwrap(hints[name])[0] is bool)
@@ -155,7 +182,7 @@ def values_getter(row_type: type[Row]) -> Callable[[Row], tuple[Any, ...]]:
     return getter
 
 
-def as_dict(row: InferenceEvent | FeedbackRow) -> dict[str, Any]:
+def as_dict(row: AnyRow) -> dict[str, Any]:
     """The row as a dict of its columns (for the spool and the quarantine: JSON lines)."""
     return {f.name: getattr(row, f.name) for f in dataclasses.fields(row)}
 

@@ -37,6 +37,8 @@ from typing import Any, Protocol
 from gateway.errors import StoreDataError, StoreError
 from gateway.events.reads import EventQuery, feedback_for_sql, recent_events_sql, traffic_sql
 from gateway.events.schema import (
+    AnyRow,
+    CaptureRow,
     FeedbackRow,
     InferenceEvent,
     column_types,
@@ -54,7 +56,7 @@ FEEDBACK_COLUMNS = columns(FeedbackRow)
 MAX_FEEDBACK_VALUE = 1e12
 
 
-def _table(name: str, row_type: type[InferenceEvent | FeedbackRow]) -> str:
+def _table(name: str, row_type: type[AnyRow]) -> str:
     typed = column_types(row_type)
     return (
         f"CREATE TABLE IF NOT EXISTS {name} ("
@@ -77,14 +79,15 @@ SCHEMA = [
     "CREATE TABLE IF NOT EXISTS experiment_actions (id TEXT PRIMARY KEY, route TEXT NOT NULL, "
     "action TEXT NOT NULL, variant TEXT, actor TEXT NOT NULL, reason TEXT, "
     "ts DOUBLE PRECISION NOT NULL, undoes TEXT)",
+    # Captured text of routes with `capture` (gateway/events/capture.py), by inference id.
+    _table("captures", CaptureRow),
+    "CREATE INDEX IF NOT EXISTS captures_route_ts ON captures (route, ts)",
 ]
 #: the columns of ``experiment_actions``, in order
 ACTION_COLUMNS = ("id", "route", "action", "variant", "actor", "reason", "ts", "undoes")
 
 
-def added_columns(
-    table: str, row_type: type[InferenceEvent | FeedbackRow], existing: Iterable[str]
-) -> list[str]:
+def added_columns(table: str, row_type: type[AnyRow], existing: Iterable[str]) -> list[str]:
     """The migration of a database made before some of the row's fields existed: one
     ``ALTER TABLE ... ADD COLUMN`` per missing column (old rows read NULL there, so only a
     nullable or defaulted column can be added; ``CREATE TABLE IF NOT EXISTS`` leaves an
@@ -110,9 +113,10 @@ FEEDBACK_UNIQUE = [
 
 
 #: the tables whose columns come from a row type, for ``added_columns``
-TYPED_TABLES: tuple[tuple[str, type[InferenceEvent | FeedbackRow]], ...] = (
+TYPED_TABLES: tuple[tuple[str, type[AnyRow]], ...] = (
     ("inference_events", InferenceEvent),
     ("feedback", FeedbackRow),
+    ("captures", CaptureRow),
 )
 
 
@@ -145,20 +149,27 @@ class Store(Protocol):
     def recent_events(self, query: EventQuery) -> list[dict[str, Any]]: ...
     def feedback_for(self, inference_ids: Sequence[str]) -> list[dict[str, Any]]: ...
     def traffic(self, since: float, limit: int) -> list[dict[str, Any]]: ...
+    def write_captures(self, rows: Sequence[CaptureRow]) -> None: ...
+    def captures(self, route: str, since: float = 0.0) -> list[dict[str, Any]]: ...
+    def purge_captures(self, route: str | None, before: float) -> None: ...
     def close(self) -> None: ...
 
 
 _event_values = values_getter(InferenceEvent)
 _feedback_values = values_getter(FeedbackRow)
-_VOTES = EVENT_COLUMNS.index("votes")
+_JSON = tuple(EVENT_COLUMNS.index(c) for c in ("votes", "steps"))
+_capture_values = values_getter(CaptureRow)
+_MESSAGES = columns(CaptureRow).index("messages")
 _FLAGS = tuple(EVENT_COLUMNS.index(c) for c in flag_columns(InferenceEvent))
 
 
 def event_row(event: InferenceEvent) -> tuple[Any, ...]:
-    """Column values in order; votes as JSON, flags as 0/1 (PostgreSQL has no bool->int cast)."""
+    """Column values in order; votes and steps as JSON, flags as 0/1 (PostgreSQL has no
+    bool->int cast)."""
     values = list(_event_values(event))
-    if values[_VOTES] is not None:
-        values[_VOTES] = json.dumps(values[_VOTES])
+    for index in _JSON:
+        if values[index] is not None:
+            values[index] = json.dumps(values[index])
     for index in _FLAGS:
         if isinstance(values[index], bool):
             values[index] = int(values[index])
@@ -167,8 +178,9 @@ def event_row(event: InferenceEvent) -> tuple[Any, ...]:
 
 def _event_dict(columns: Sequence[str], row: Sequence[Any]) -> dict[str, Any]:
     data = dict(zip(columns, row, strict=True))
-    if isinstance(data.get("votes"), str):
-        data["votes"] = json.loads(data["votes"])
+    for key in ("votes", "steps", "messages"):
+        if isinstance(data.get(key), str):
+            data[key] = json.loads(data[key])
     for flag in ("shadow", "stream"):
         if data.get(flag) is not None:
             data[flag] = bool(data[flag])
@@ -298,6 +310,32 @@ class _SQLStore(ABC):
         """Oldest first: the newest ``limit`` events since ``since`` (reads.traffic_sql)."""
         columns, rows = self._query(*traffic_sql(since, limit, self.placeholder))
         return [_event_dict(columns, r) for r in reversed(rows)]
+
+    def write_captures(self, rows: Sequence[CaptureRow]) -> None:
+        if rows:
+            values = [list(_capture_values(r)) for r in rows]
+            for row in values:
+                row[_MESSAGES] = json.dumps(row[_MESSAGES])
+            self._execute(self._insert_sql("captures", columns(CaptureRow)), values)
+
+    def captures(self, route: str, since: float = 0.0) -> list[dict[str, Any]]:
+        """A route's captures since ``since``, oldest first, with their event's status."""
+        p = self.placeholder
+        cols, rows = self._query(
+            "SELECT c.*, e.status AS status, e.source AS source FROM captures c "
+            f"LEFT JOIN inference_events e ON e.id = c.id WHERE c.route = {p} AND c.ts >= {p} "
+            "ORDER BY c.ts, c.id",
+            [route, since],
+        )
+        return [_event_dict(cols, r) for r in rows]
+
+    def purge_captures(self, route: str | None, before: float) -> None:
+        """Delete a route's captures older than ``before`` (``None``: of every route)."""
+        p = self.placeholder
+        if route is None:
+            self._execute(f"DELETE FROM captures WHERE ts < {p}", [(before,)])
+        else:
+            self._execute(f"DELETE FROM captures WHERE route = {p} AND ts < {p}", [(route, before)])
 
 
 class SQLiteStore(_SQLStore):

@@ -189,6 +189,10 @@ class Attempt:
             event.cost = self._events.cost(
                 event.model, event.prompt_tokens, event.completion_tokens
             )
+        steps = getattr(result, "steps", None)
+        if steps:  # a cascade (routing/cascade.py): its steps may run on several models
+            event.steps, event.cascade_step = steps, getattr(result, "cascade_step", None)
+            event.cost = getattr(result, "cost", event.cost)
         if self._ctx is not None:
             self._ctx.tokens += (event.prompt_tokens or 0) + (event.completion_tokens or 0)
         self._events.record(event)

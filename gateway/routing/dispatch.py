@@ -23,12 +23,14 @@ from gateway.errors import (
     InvalidRequestError,
     UpstreamRateLimitedError,
 )
+from gateway.events.capture import Capturer
 from gateway.events.log import EventLog
 from gateway.events.metrics import Metrics
 from gateway.events.schema import InferenceEvent
 from gateway.protocol import ChatCompletionRequest
 from gateway.routing.assignment import Assignment, Router, Variant
 from gateway.routing.attempt_events import Attempt, AttemptEvents
+from gateway.routing.cascade import Cascades
 from gateway.routing.context import PipelineResultLike, RequestContext, Runner, deadline_exceeded
 from gateway.routing.relay import close, first_chunk, relay
 from gateway.routing.retries import Cooldowns, RetryBudget
@@ -67,6 +69,9 @@ class Dispatcher:
         )
         self.recorder = AttemptEvents(models=config.models, events=events, metrics=metrics)
         self.shadows = Shadows(self._run, targets.resolve, self.recorder)
+        # Cascade variants run their steps through _run; capture keeps a sample of the text.
+        self.cascades = Cascades(router, self._run, self._price)
+        self.capture = Capturer(config.routes, events)
 
     # -- planning -------------------------------------------------------------------------------
 
@@ -238,6 +243,7 @@ class Dispatcher:
             chat, body, headers, ctx, stream=False, run_attempt=run
         )
         response["switchboard"] = {**response.get("switchboard", {}), **attempt.extension()}
+        self.capture.offer(attempt.event, body, response)
         return response, attempt.headers()
 
     async def run_variant(
@@ -263,7 +269,9 @@ class Dispatcher:
             assignment, variant, target, source="offline", run_id=run_id
         ) as attempt:
             result = await self._run(variant, chat, body)
-            return result, attempt.ok(result)
+            event = attempt.ok(result)
+            self.capture.offer(event, body, result.response)
+            return result, event
 
     # -- streaming ------------------------------------------------------------------------------
 
@@ -283,7 +291,7 @@ class Dispatcher:
             target = self.targets.resolve(variant.target)
             results: list[PipelineResultLike] = []
             # The runner hands over its result (answer, votes, calls) when the stream ends.
-            chunks = self.runner.stream(
+            chunks = (self.cascades.get(variant) or self.runner).stream(
                 variant.pipeline, target, _apply(body, variant.params), chat,
                 on_result=results.append,
             )  # fmt: skip
@@ -309,7 +317,12 @@ class Dispatcher:
     ) -> PipelineResultLike:
         target = self.targets.resolve(variant.target)
         merged = _apply(body, variant.params)
-        return await self.runner.complete(variant.pipeline, target, merged, chat)
+        runner = self.cascades.get(variant) or self.runner
+        return await runner.complete(variant.pipeline, target, merged, chat)
+
+    def _price(self, variant: Variant, usage: Mapping[str, int]) -> float | None:
+        model = self.targets.resolve(variant.target).base_model
+        return self.recorder.cost(model, usage.get("prompt_tokens"), usage.get("completion_tokens"))
 
     async def drain_shadows(self, timeout_s: float = 10.0) -> None:
         await self.shadows.drain(timeout_s)

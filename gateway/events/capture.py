@@ -1,0 +1,150 @@
+"""Capture: a sample of a route's requests and responses, as text, beside their events.
+
+Opt-in per route (``capture:`` in gateway.yaml): off by default, because what it keeps is user
+content at rest. Each redaction rule is applied to every text here, before the row exists, so
+redacted text never reaches the queue, the spool or the database. Rows go through the event
+log's queue and batches (``EventLog.record_capture``): capturing never waits on a database.
+Old rows are deleted at the first capture after start and then hourly (``retention_days``),
+and by ``gateway datasets export`` before it reads.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import re
+import time
+from collections.abc import Mapping
+from typing import Any
+
+from gateway.config.loop import CaptureSpec
+from gateway.config.schema import RouteSpec
+from gateway.events.log import EventLog
+from gateway.events.schema import CaptureRow, InferenceEvent
+from gateway.events.stores import Store
+
+log = logging.getLogger(__name__)
+
+REDACTED = "[REDACTED]"
+#: how often a running gateway deletes expired captures
+PURGE_EVERY_S = 3600.0
+DAY_S = 86_400.0
+
+
+class Redactor:
+    """Every rule's matches replaced by ``[REDACTED]``, rules in order."""
+
+    def __init__(self, patterns: list[str]) -> None:
+        self.rules = [re.compile(p) for p in patterns]
+
+    def __call__(self, text: str) -> str:
+        for rule in self.rules:
+            text = rule.sub(REDACTED, text)
+        return text
+
+
+def message_texts(messages: Any) -> list[dict[str, str]]:
+    """Role and text of each message (a content list's text parts joined; images dropped)."""
+    found: list[dict[str, str]] = []
+    for message in messages if isinstance(messages, list) else []:
+        if not isinstance(message, Mapping):
+            continue
+        content = message.get("content")
+        if isinstance(content, list):
+            parts = [p.get("text") for p in content if isinstance(p, Mapping)]
+            content = "\n".join(p for p in parts if isinstance(p, str))
+        if isinstance(content, str):
+            found.append({"role": str(message.get("role") or "user"), "content": content})
+    return found
+
+
+def response_text(response: Mapping[str, Any]) -> str | None:
+    choices = response.get("choices") or []
+    first = choices[0] if choices and isinstance(choices[0], Mapping) else {}
+    message = first.get("message") if isinstance(first, Mapping) else None
+    content = message.get("content") if isinstance(message, Mapping) else None
+    return content if isinstance(content, str) else None
+
+
+def confidence_of(event: InferenceEvent, response: Mapping[str, Any]) -> float | None:
+    """The answer's vote share, or a cascade's answering step's confidence."""
+    if event.steps and event.cascade_step is not None:
+        step = event.steps[event.cascade_step]
+        value = step.get("confidence") if isinstance(step, Mapping) else None
+        return float(value) if isinstance(value, int | float) else None
+    if event.votes and event.answer is not None:
+        cast = sum(event.votes.values())
+        return event.votes.get(event.answer, 0) / cast if cast else None
+    return None
+
+
+class Capturer:
+    """Decides which requests are captured, redacts them and queues their rows."""
+
+    def __init__(
+        self,
+        routes: Mapping[str, RouteSpec],
+        events: EventLog,
+        *,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.specs: dict[str, CaptureSpec] = {
+            name: spec.capture for name, spec in routes.items() if spec.capture is not None
+        }
+        self.redactors = {name: Redactor(spec.redact) for name, spec in self.specs.items()}
+        self.events = events
+        self.rng = rng or random.Random()
+        self._purged_at: float | None = None
+        self._purging: asyncio.Task[None] | None = None
+
+    def offer(
+        self, event: InferenceEvent | None, body: Mapping[str, Any], response: Mapping[str, Any]
+    ) -> bool:
+        """Capture this request if its route captures and it is drawn; True if captured."""
+        if event is None or event.status != "ok" or event.route not in self.specs:
+            return False
+        spec = self.specs[event.route]
+        if spec.sample_rate < 1 and self.rng.random() >= spec.sample_rate:
+            return False
+        redact = self.redactors[event.route]
+        messages = [
+            {"role": m["role"], "content": redact(m["content"])}
+            for m in message_texts(body.get("messages"))
+        ]
+        text = response_text(response)
+        row = CaptureRow(
+            id=event.id,
+            ts=time.time(),
+            route=event.route,
+            variant=event.variant,
+            messages=messages,
+            response=redact(text) if text is not None else None,
+            answer=event.answer,
+            confidence=confidence_of(event, response),
+        )
+        self.events.record_capture(row)
+        self._maybe_purge()
+        return True
+
+    def _maybe_purge(self) -> None:
+        now = time.monotonic()
+        if self._purged_at is not None and now - self._purged_at < PURGE_EVERY_S:
+            return
+        if self._purging is not None and not self._purging.done():
+            return
+        self._purged_at = now
+        self._purging = asyncio.get_running_loop().create_task(self.purge(), name="capture-purge")
+
+    async def purge(self) -> None:
+        """Delete every capturing route's expired rows (in a worker thread)."""
+        try:
+            await asyncio.to_thread(purge_expired, self.events.store, self.specs)
+        except Exception:  # a failed purge is retried at the next hour; it must not be lost
+            log.exception("deleting expired captures failed")
+
+
+def purge_expired(store: Store, specs: Mapping[str, CaptureSpec], now: float | None = None) -> None:
+    now = time.time() if now is None else now
+    for route, spec in specs.items():
+        store.purge_captures(route, now - spec.retention_days * DAY_S)
