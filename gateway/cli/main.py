@@ -17,6 +17,7 @@ from gateway.cli.common import (
     load_config_or_exit,
     resolve_or_exit,
 )
+from gateway.cli.datasets import datasets_app
 from gateway.cli.eval import eval_command
 from gateway.cli.experiments import experiments_app, report
 from gateway.cli.pipelines import exemplars_app, pipelines_app
@@ -42,6 +43,7 @@ app.add_typer(config_app, name="config")
 app.add_typer(data_app, name="data")
 app.add_typer(experiments_app, name="experiments")
 app.add_typer(adapters_app, name="adapters")
+app.add_typer(datasets_app, name="datasets")
 app.add_typer(pipelines_app, name="pipelines")
 app.add_typer(exemplars_app, name="exemplars")
 keys_app = typer.Typer(
