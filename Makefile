@@ -59,6 +59,13 @@ system-deps:
 	    echo "The tests need PostgreSQL's server binaries: sudo apt-get install postgresql"; exit 1; \
 	  fi; \
 	fi
+	@if ! command -v redis-server >/dev/null; then \
+	  if [ "$$(id -u)" = 0 ]; then \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server; \
+	  else \
+	    echo "The shared-state tests need Redis: sudo apt-get install redis-server"; exit 1; \
+	  fi; \
+	fi
 	@if ! test -x /usr/bin/chromium; then \
 	  if [ "$$(id -u)" = 0 ]; then \
 	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; \

@@ -50,6 +50,7 @@ from gateway.routing.dispatch import Dispatcher
 from gateway.routing.targets import Targets
 from gateway.settings import Settings
 from gateway.state import GatewayState
+from gateway.state_store.wiring import open_shared
 from gateway.telemetry.tracing import Tracing
 
 log = logging.getLogger(__name__)
@@ -98,7 +99,13 @@ def create_app(
             tracing = Tracing.from_config(config.telemetry)
             stack.callback(tracing.shutdown)
             targets = Targets(built, adapters)
+            # state.url: limits, cooldowns and the retry budget shared through Redis.
+            shared = await open_shared(config, metrics.state_down)
+            if shared is not None:
+                stack.push_async_callback(shared.close)
             dispatcher = Dispatcher(
+                budget=shared.budget if shared else None,
+                cooldowns=shared.cooldowns if shared else None,
                 config=config,
                 router=router,
                 targets=targets,
@@ -119,7 +126,7 @@ def create_app(
                 runner=runner,
                 dispatcher=dispatcher,
                 keyring=KeyRing.from_config(config.auth, settings.api_key),
-                limiter=RateLimiter(),
+                limiter=shared.limiter if shared else RateLimiter(),
                 gate=ConcurrencyGate(config.limits.max_concurrency),
                 started_at=time.time(),
                 tracing=tracing,

@@ -42,8 +42,8 @@ class Admission:
         self._in_gate = False
         self._released = False
 
-    def reserve(self, tokens: int) -> None:
-        self.reserved = self.limiter.admit(self.key, self.quota, tokens)
+    async def reserve(self, tokens: int) -> None:
+        self.reserved = await self.limiter.acquire(self.key, self.quota, tokens)
 
     def enter(self) -> None:
         self.gate.enter()

@@ -1,9 +1,12 @@
 """Per-key rate limits (requests and tokens per minute) and the global concurrency gate.
 
 Checks and updates run on the event loop with no ``await`` between them, so a concurrent burst
-cannot overshoot: asyncio runs one admission at a time. Tokens are reserved up front (an
-estimate from the prompt and the output limit) and settled with the real usage afterwards, so
-a burst of long requests is held back before it runs, not after.
+cannot overshoot: asyncio runs one admission at a time. That holds within one process; with
+``state.url`` set, ``gateway.state_store.limits.SharedRateLimiter`` keeps the same buckets in
+Redis (one Lua script per admission), so every gateway process draws on one limit.
+
+Tokens are reserved up front (an estimate from the prompt and the output limit) and settled
+with the real usage afterwards, so a burst of long requests is held back before it runs.
 """
 
 from __future__ import annotations
@@ -78,11 +81,7 @@ class RateLimiter:
             token_bucket.wait_s(tokens) if token_bucket else 0.0,
         )
         if wait > 0:
-            seconds = max(1, math.ceil(wait))
-            raise RateLimitError(
-                f"Rate limit reached for this API key; retry in {seconds} s.",
-                headers={"Retry-After": str(seconds)},
-            )
+            raise rate_limited(wait)
         if requests:
             requests.take(1)
         if token_bucket:
@@ -92,6 +91,10 @@ class RateLimiter:
             token_bucket.take(reserved)
             return reserved
         return 0
+
+    async def acquire(self, key: str, quota: Quota, tokens: int = 0) -> int:
+        """``admit``, awaitable: what the request path calls (the shared limiter awaits Redis)."""
+        return self.admit(key, quota, tokens)
 
     def settle(self, key: str, reserved: int, used: int) -> None:
         """Replace a reservation by the tokens the request really used."""
@@ -112,6 +115,14 @@ class RateLimiter:
         if bucket is None or bucket.capacity != capacity:
             bucket = table[key] = TokenBucket(capacity, self.clock)
         return bucket
+
+
+def rate_limited(wait_s: float) -> RateLimitError:
+    seconds = max(1, math.ceil(wait_s))
+    return RateLimitError(
+        f"Rate limit reached for this API key; retry in {seconds} s.",
+        headers={"Retry-After": str(seconds)},
+    )
 
 
 #: addresses whose failures are remembered; past it the oldest are forgotten

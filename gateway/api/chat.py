@@ -80,7 +80,7 @@ async def create_chat_completion(request: Request) -> Response:
         )
         # The key's own rates first, then a global slot: one key over its rate cannot take
         # slots from the rest.
-        admission.reserve(estimate_tokens(chat))
+        await admission.reserve(estimate_tokens(chat))
         admission.enter()
         tracing.step("gateway.admission", started)  # a no-op unless traced
         ctx = dispatcher.new_context()

@@ -46,7 +46,7 @@ MAX_COMMENT_CHARS = 10_000
 async def create_feedback(
     request: Request, state: Annotated[GatewayState, Depends(get_state)]
 ) -> JSONResponse:
-    _admit(state, request)
+    await _admit(state, request)
     feedback = await read_model(request, FeedbackRequest)
     try:
         event = await state.events.get_event(feedback.inference_id, strict=True)
@@ -81,7 +81,7 @@ async def create_feedback(
     return JSONResponse(body.model_dump(), status_code=201)
 
 
-def _admit(state: GatewayState, request: Request) -> None:
+async def _admit(state: GatewayState, request: Request) -> None:
     """The key's request rate, in a feedback bucket of its own: 429 with Retry-After."""
     key = authenticate(state, request, "feedback")  # admitted already: this names the key
     limits = state.config.limits
@@ -90,7 +90,7 @@ def _admit(state: GatewayState, request: Request) -> None:
     if per_minute:
         client = request.client.host if request.client else "unknown"
         name = key.name if key else f"address:{client}"
-        state.limiter.admit(f"feedback:{name}", Quota(requests_per_minute=per_minute))
+        await state.limiter.acquire(f"feedback:{name}", Quota(requests_per_minute=per_minute))
 
 
 def _checked_value(

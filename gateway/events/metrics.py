@@ -143,6 +143,13 @@ class Metrics:
             ("route", "variant", "target"),
             registry=reg,
         )
+        self.state_unavailable = Counter(
+            "switchboard_state_unavailable",
+            "Shared-state (Redis) calls that failed or were skipped while it was down, by "
+            "operation; each was answered as state.on_unavailable says.",
+            ("operation",),
+            registry=reg,
+        )
         self.auth_failures = Counter(
             "switchboard_auth_failures",
             "Requests refused for a missing or wrong API key (throttled per address).",
@@ -226,6 +233,9 @@ class Metrics:
 
     def cooldown(self, route: str, variant: str, target: str) -> None:
         self.cooldowns.labels(route, variant, target).inc()
+
+    def state_down(self, operation: str) -> None:
+        self.state_unavailable.labels(operation).inc()
 
     # -- read when scraped ------------------------------------------------------------------------
 

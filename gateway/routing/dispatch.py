@@ -55,7 +55,11 @@ class Dispatcher:
         events: EventLog,
         metrics: Metrics,
         runner: Runner,
+        budget: RetryBudget | None = None,
+        cooldowns: Cooldowns | None = None,
     ) -> None:
+        """``budget`` and ``cooldowns``: shared ones (``gateway.state_store``); default: this
+        process's own."""
         self.config = config
         self.router = router
         self.targets = targets
@@ -63,8 +67,8 @@ class Dispatcher:
         self.metrics = metrics
         self.runner = runner
         self.reliability = config.reliability
-        self.budget = RetryBudget(config.reliability.retry_budget)
-        self.cooldowns = Cooldowns(
+        self.budget = budget or RetryBudget(config.reliability.retry_budget)
+        self.cooldowns = cooldowns or Cooldowns(
             config.reliability.cooldown_failures, config.reliability.cooldown_s
         )
         self.recorder = AttemptEvents(models=config.models, events=events, metrics=metrics)
@@ -167,7 +171,7 @@ class Dispatcher:
                 with attempt:
                     opened = await run_attempt(variant, attempt, ctx)
             except GatewayError as exc:
-                self._outcome(assignment, variant, exc, started_at)
+                await self._outcome(assignment, variant, exc, started_at)
                 last = index + 1 == len(schedule)
                 same = not last and schedule[index + 1] is variant
                 if not last and await self._before_retry(exc, index + 1, ctx, same):
@@ -176,7 +180,7 @@ class Dispatcher:
                     continue
                 exc.headers.update(attempt.headers())
                 raise
-            self._outcome(assignment, variant, None)
+            await self._outcome(assignment, variant, None)
             return attempt, opened
         raise AssertionError("unreachable: the last attempt returns or raises")
 
@@ -195,13 +199,13 @@ class Dispatcher:
             # The same engine again: back off a little (jittered) so a restarting engine is
             # not hammered in lockstep by every waiting request.
             wait = random.uniform(0.5, 1.0) * min(2.0, 0.1 * 2 ** (attempt - 1))
-        if wait >= ctx.remaining_s() or not self.budget.withdraw():
+        if wait >= ctx.remaining_s() or not await self.budget.take():
             return False
         if wait:
             await asyncio.sleep(wait)
         return True
 
-    def _outcome(
+    async def _outcome(
         self,
         assignment: Assignment,
         variant: Variant,
@@ -211,7 +215,7 @@ class Dispatcher:
         key = _cool_key(assignment, variant)
         if error is None:
             self.cooldowns.success(key)
-        elif _retryable(error) and self.cooldowns.failure(key, started_at):
+        elif _retryable(error) and await self.cooldowns.failed(key, started_at):
             log.warning(
                 "variant %s failed %d times in a row; it cools down for %g s",
                 key, self.cooldowns.threshold, self.cooldowns.cooldown_s,

@@ -35,6 +35,10 @@ class RetryBudget:
         self.level -= 1
         return True
 
+    async def take(self) -> bool:
+        """``withdraw``, awaitable: the shared budget (``state_store``) asks Redis."""
+        return self.withdraw()
+
 
 @dataclass
 class _Health:
@@ -78,6 +82,10 @@ class Cooldowns:
             health.failures = self.threshold - 1
             return True
         return False
+
+    async def failed(self, key: str, started_at: float | None = None) -> bool:
+        """``failure``, awaitable: the shared cooldowns (``state_store``) count in Redis."""
+        return self.failure(key, started_at)
 
     def success(self, key: str) -> None:
         self._health.pop(key, None)
