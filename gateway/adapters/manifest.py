@@ -74,6 +74,8 @@ class AdapterManifest(_Manifest):
     created: str
     training: TrainingRecord | None = None
     evaluation: dict[str, Any] | None = None
+    #: written by `gateway adapters distill`: teacher, filter, counts kept and dropped, data hash
+    distillation: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True)

@@ -168,3 +168,54 @@ def train(
         f"validation loss {record.val_loss_before} -> {record.val_loss_after}",
         markup=False,
     )
+
+
+@adapters_app.command("distill")
+def distill(
+    out: Annotated[Path, typer.Option(help="The student adapter folder: adapters/NAME.")],
+    teacher: Annotated[
+        str | None, typer.Option(help="ROUTE:VARIANT whose answers teach (e.g. medqa:prompted).")
+    ] = None,
+    data: Annotated[
+        Path | None, typer.Option(help="Unlabelled questions (JSONL: question, options).")
+    ] = None,
+    from_capture: Annotated[
+        str | None, typer.Option(help="Read this route's captured answers instead of asking.")
+    ] = None,
+    min_confidence: Annotated[
+        float, typer.Option(min=0, max=1, help="Keep answers whose vote share reaches this.")
+    ] = 0.6,
+    with_reasoning: Annotated[
+        bool,
+        typer.Option("--with-reasoning/--answer-only", help="Train on the teacher's reasoning."),
+    ] = False,
+    base: Annotated[
+        str | None, typer.Option(help="The student's base model; default: the teacher's target.")
+    ] = None,
+    split: Annotated[
+        str, typer.Option(help="train (default: skip held-out items) or all.")
+    ] = "train",
+    max_steps: Annotated[int | None, typer.Option(help="Training steps at most.")] = None,
+    epochs: Annotated[float, typer.Option(help="Passes over the kept answers.")] = 1.0,
+    lr: Annotated[float, typer.Option(help="Peak learning rate.")] = 2e-4,
+    batch_size: Annotated[int, typer.Option(help="Examples per step.")] = 8,
+    concurrency: Annotated[int, typer.Option(min=1, help="Teacher calls in flight.")] = 2,
+    seed: Annotated[int, typer.Option(help="Seed for training.")] = 0,
+    force: Annotated[bool, typer.Option(help="Replace an existing adapter folder.")] = False,
+    config: ConfigOption = None,
+) -> None:
+    """Distil a teacher variant's confident answers into a LoRA student (no gold labels read)."""
+    from gateway.cli.distill_session import run_distill
+
+    if (data is None) == (from_capture is None):
+        fail("give exactly one of --data QUESTIONS.jsonl or --from-capture ROUTE")
+    if data is not None and teacher is None:
+        fail("--data needs --teacher ROUTE:VARIANT")
+    if split not in ("train", "all"):
+        fail(f"--split is '{split}'; use train or all")
+    run_distill(
+        out=out, teacher=teacher, data=data, from_capture=from_capture,
+        min_confidence=min_confidence, style="with-reasoning" if with_reasoning else "answer-only",
+        base=base, split=split, max_steps=max_steps, epochs=epochs, lr=lr,
+        batch_size=batch_size, concurrency=concurrency, seed=seed, force=force, config=config,
+    )  # fmt: skip
