@@ -66,6 +66,8 @@ class Outcome:
     cost: float | None = None
     error_code: str | None = None
     error: str | None = None
+    #: a cascade's steps as its event keeps them (routing/cascade.py), for calibration.py
+    steps: list[dict[str, Any]] | None = None
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -155,6 +157,7 @@ async def call_variant(
         completion_tokens=event.completion_tokens,
         latency_ms=event.latency_ms,
         cost=event.cost,
+        steps=event.steps,
     )
 
 

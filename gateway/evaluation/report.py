@@ -20,6 +20,12 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
+from gateway.evaluation.calibration import (
+    calibration,
+    calibration_rows,
+    cascade_sweep,
+    sweep_rows,
+)
 from gateway.evaluation.data import EvalItem
 from gateway.evaluation.html import to_html
 from gateway.experiments.analysis import mean_present, percentile
@@ -49,6 +55,9 @@ def summarise(
         for name in variants
     }
     finished = sum(f["n"] for f in figures.values())
+    for name in variants:  # confidence you can read: calibration.py
+        figures[name]["calibration"] = calibration(list(records.get(name, {}).values()))
+    sweeps = {name: cascade_sweep(records.get(name, {}), records) for name in variants}
     comparisons = [_compare(a, b, ids, records) for a, b in combinations(variants, 2)]
     adjusted = holm([c["mcnemar"]["p_value"] for c in comparisons])
     for comparison, p_adjusted in zip(comparisons, adjusted, strict=True):
@@ -67,6 +76,7 @@ def summarise(
         "gold": dict(sorted(Counter(str(i.expected) for i in mc).items())),
         "variants": figures,
         "comparisons": comparisons,
+        "cascades": {name: sweep for name, sweep in sweeps.items() if sweep is not None},
     }
 
 
@@ -140,6 +150,11 @@ def write_reports(out: Path, summary: dict[str, Any], records: Records) -> tuple
         ("Accuracy", *accuracy_rows(summary)),
         ("Per request: tokens, model calls, latency, cost", *cost_rows(summary)),
         ("Paired differences", *comparison_rows(summary)),
+        (
+            "Calibration: reliability by confidence, expected calibration error",
+            *calibration_rows(summary),
+        ),
+        ("Cascades: accuracy against cost by threshold (* configured)", *sweep_rows(summary)),
     ]
     page = to_html(summary, records, tables)
     texts = (json.dumps(summary, indent=2, ensure_ascii=False) + "\n", page)
@@ -230,7 +245,11 @@ def print_summary(summary: dict[str, Any], console: Console) -> None:
         (title, accuracy_rows(summary)),
         ("Per request", cost_rows(summary)),
         ("Paired differences", comparison_rows(summary)),
+        ("Calibration (ECE: expected calibration error)", calibration_rows(summary)),
+        ("Cascades by threshold (* configured)", sweep_rows(summary)),
     ):
+        if not rows:
+            continue
         table = Table(title=caption)
         for column in header:
             table.add_column(column)
