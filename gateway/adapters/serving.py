@@ -12,6 +12,12 @@
   forgotten, so the next request loads it again.
 - An admin's unload takes an adapter out of service: it is 404 until it is loaded again.
   Eviction (above) does not.
+- On a fleet (several vLLM replicas of one model, ``engines/fleet.py``): each replica has its
+  own slots. A request goes to a replica that holds its adapter when one does; otherwise the
+  replica chosen for it loads it (evicting that replica's least recently used adapter), so an
+  adapter is loaded where it is used, not on every replica. A replica that answers 404 for an
+  adapter it held (restarted, or evicted by another gateway) loads it again and the request is
+  retried there: the client sees no error.
 """
 
 from __future__ import annotations
@@ -21,13 +27,14 @@ import functools
 import logging
 import time
 from collections import Counter, OrderedDict, defaultdict
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Literal, Protocol, runtime_checkable
 
 from gateway.adapters.manifest import Adapter
 from gateway.adapters.registry import AdapterRegistry, check_name, lora_limits
 from gateway.engines.base import Engine
+from gateway.engines.fleet import Fleet, Replica
 from gateway.engines.target import Target
 from gateway.errors import AdapterNotFoundError, InvalidAdapterError, ModelNotFoundError
 
@@ -49,6 +56,46 @@ class LoRAEngine(Protocol):
     async def load_lora(self, name: str, path: str) -> None: ...
 
     async def unload_lora(self, name: str) -> None: ...
+
+
+@runtime_checkable
+class FleetLoRAEngine(Protocol):
+    """A ``LoRAEngine`` with replicas: adapters are loaded per replica (``VLLMEngine``)."""
+
+    model_id: str
+    fleet: Fleet
+    ensure_adapter: Callable[[str, Replica], Awaitable[None]] | None
+    adapter_missing: Callable[[str, Replica], None] | None
+
+    @property
+    def generation(self) -> int: ...
+
+    async def load_lora(self, name: str, path: str, replica: Replica | None = None) -> None: ...
+
+    async def unload_lora(self, name: str, replica: Replica | None = None) -> None: ...
+
+
+@dataclass
+class _OneReplica:
+    """One replica of a fleet seen as a ``LoRAEngine``, so ``_Slots`` counts its adapters."""
+
+    engine: FleetLoRAEngine
+    replica: Replica
+    on_model_missing: Callable[[str], None] | None = None
+    model_id: str = ""
+
+    def __post_init__(self) -> None:
+        self.model_id = f"{self.engine.model_id} replica {self.replica.index}"
+
+    @property
+    def generation(self) -> int:
+        return self.engine.generation + self.replica.generation
+
+    async def load_lora(self, name: str, path: str) -> None:
+        await self.engine.load_lora(name, path, self.replica)
+
+    async def unload_lora(self, name: str) -> None:
+        await self.engine.unload_lora(name, self.replica)
 
 
 @dataclass
@@ -73,6 +120,8 @@ class _Slots:
                     ", ".join(self.loaded),
                 )
             self.loaded.clear()
+            if isinstance(self.engine, _OneReplica):
+                self.engine.replica.adapters.clear()
             self.generation = self.engine.generation
 
     def touch(self, name: str) -> None:
@@ -80,6 +129,8 @@ class _Slots:
             self.loaded.move_to_end(name)
 
     def forget(self, name: str) -> None:
+        if isinstance(self.engine, _OneReplica):
+            self.engine.replica.adapters.discard(name)
         if name in self.loaded:
             del self.loaded[name]
             log.warning("vLLM for %s no longer has adapter %s", self.engine.model_id, name)
@@ -90,6 +141,8 @@ class AdapterServing:
         self.registry = registry
         self._engines = engines
         self._slots: dict[str, _Slots] = {}
+        #: a fleet's slots, per (base model, replica index)
+        self._replica_slots: dict[tuple[str, int], _Slots] = {}
         self._locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
         self._disabled: set[str] = set()
         #: seconds the last load of each adapter took (vLLM's load call)
@@ -108,21 +161,25 @@ class AdapterServing:
         if name in self._disabled:
             return "unloaded"
         adapter = self.registry.get(name)
-        slots = self._slots.get(adapter.base_model) if adapter else None
-        return "loaded" if slots is not None and slots.has(name) else "available"
+        return "loaded" if adapter is not None and self._is_loaded(adapter) else "available"
 
     def target(self, name: str) -> Target | None:
         """The target for an adapter name, or None when no servable adapter has that name."""
         adapter = self.registry.get(name)
         if adapter is None or name in self._disabled:
             return None
+        engine = self._engines[adapter.base_model]
+        fleet = isinstance(engine, FleetLoRAEngine)
+        if fleet:
+            self._hook(engine)  # type: ignore[arg-type]
         return Target(
             name=name,
-            engine=self._engines[adapter.base_model],
+            engine=engine,
             upstream_model=name,
             base_model=adapter.base_model,
             adapter=name,
-            prepare=functools.partial(self._prepare, name),
+            # A fleet's engine loads the adapter on the replica it picks (``_hook``).
+            prepare=None if fleet else functools.partial(self._prepare, name),
         )
 
     # -- loading --------------------------------------------------------------------------------
@@ -135,12 +192,22 @@ class AdapterServing:
         adapter = self.registry.get(name)
         if adapter is None or name in self._disabled:
             raise ModelNotFoundError(name)
-        slots = self._slots_for(adapter)
+        engine = self._engines.get(adapter.base_model)
+        if isinstance(engine, FleetLoRAEngine):
+            self._hook(engine)
+            replica = engine.fleet.pick(adapter=name)
+            return await self._ensure(adapter, self._slots_on(adapter, engine, replica))
+        return await self._ensure(adapter, self._slots_for(adapter))
+
+    async def _ensure(self, adapter: Adapter, slots: _Slots) -> float | None:
+        name = adapter.name
+        if name in self._disabled:
+            raise ModelNotFoundError(name)
         if slots.has(name):
             slots.touch(name)
             return None
         # Concurrent first uses of one adapter wait here for one load, then take the fast path.
-        async with self._locks[name]:
+        async with self._locks[f"{name}@{slots.engine.model_id}"]:
             if slots.has(name):
                 slots.touch(name)
                 return None
@@ -181,13 +248,15 @@ class AdapterServing:
         adapter = self.registry.get(name)
         if adapter is None:
             raise AdapterNotFoundError(name)
-        slots = self._slots_for(adapter)
-        async with self._locks[name], slots.lock:
-            slots.sync()
-            if name in slots.loaded:
-                await slots.engine.unload_lora(name)
-                del slots.loaded[name]
-            self._disabled.add(name)
+        for slots in self._all_slots(adapter):
+            async with self._locks[f"{name}@{slots.engine.model_id}"], slots.lock:
+                slots.sync()
+                if name in slots.loaded:
+                    await slots.engine.unload_lora(name)
+                    del slots.loaded[name]
+                    if isinstance(slots.engine, _OneReplica):
+                        slots.engine.replica.adapters.discard(name)
+        self._disabled.add(name)
         log.info("adapter %s unloaded and out of service", name)
 
     async def preload(self, names: Iterable[str]) -> None:
@@ -204,8 +273,47 @@ class AdapterServing:
     # -- internals ------------------------------------------------------------------------------
 
     def _is_loaded(self, adapter: Adapter) -> bool:
+        engine = self._engines.get(adapter.base_model)
+        if isinstance(engine, FleetLoRAEngine):
+            return any(s.has(adapter.name) for s in self._all_slots(adapter))
         slots = self._slots.get(adapter.base_model)
         return slots is not None and slots.has(adapter.name)
+
+    def _all_slots(self, adapter: Adapter) -> list[_Slots]:
+        engine = self._engines.get(adapter.base_model)
+        if isinstance(engine, FleetLoRAEngine):
+            return [self._slots_on(adapter, engine, r) for r in engine.fleet.replicas]
+        return [self._slots_for(adapter)]
+
+    def _hook(self, engine: FleetLoRAEngine) -> None:
+        """Let the engine load adapters on the replica it picks, and report lost ones."""
+        if engine.ensure_adapter is not None:
+            return
+
+        async def ensure(name: str, replica: Replica) -> None:
+            adapter = self.registry.get(name)
+            if adapter is None:
+                raise ModelNotFoundError(name)
+            await self._ensure(adapter, self._slots_on(adapter, engine, replica))
+
+        def missing(name: str, replica: Replica) -> None:
+            adapter = self.registry.get(name)
+            if adapter is not None:
+                self._slots_on(adapter, engine, replica).forget(name)
+
+        engine.ensure_adapter = ensure
+        engine.adapter_missing = missing
+
+    def _slots_on(self, adapter: Adapter, engine: FleetLoRAEngine, replica: Replica) -> _Slots:
+        key = (adapter.base_model, replica.index)
+        slots = self._replica_slots.get(key)
+        if slots is None:
+            view = _OneReplica(engine, replica)
+            limits = lora_limits(self.registry.config, adapter.base_model)
+            slots = self._replica_slots[key] = _Slots(
+                engine=view, capacity=limits.max_loaded, generation=view.generation
+            )
+        return slots
 
     def _slots_for(self, adapter: Adapter) -> _Slots:
         base = adapter.base_model

@@ -47,28 +47,34 @@ def build_engine(
             urls=spec.urls,
             api_key=api_key,
             timeout_s=spec.timeout_s,
+            balance=spec.balance,
         )
     launch = spec.launch
     assert launch is not None
     target, offline = launch_target(launch.model, settings, base_dir)
-    supervisor = VLLMSupervisor(
-        model_id=model_id,
-        model=target,
-        served_name=upstream,
-        args=[*launch.args, *tool_args(launch, base_dir)],
-        env=launch.env,
-        logs_dir=settings.logs_dir,
-        run_dir=settings.run_dir,
-        startup_timeout_s=launch.startup_timeout_s,
-        backoff_max_s=launch.restart_backoff_max_s,
-        offline=offline,
-    )
+    # launch.replicas: that many vLLM servers, one fleet (their logs and runtime files apart).
+    supervisors = [
+        VLLMSupervisor(
+            model_id=model_id if i == 0 else f"{model_id}-{i}",
+            model=target,
+            served_name=upstream,
+            args=[*launch.args, *tool_args(launch, base_dir)],
+            env=launch.env,
+            logs_dir=settings.logs_dir,
+            run_dir=settings.run_dir,
+            startup_timeout_s=launch.startup_timeout_s,
+            backoff_max_s=launch.restart_backoff_max_s,
+            offline=offline,
+        )
+        for i in range(launch.replicas)
+    ]
     return VLLMEngine(
         model_id=model_id,
         upstream_model=upstream,
-        supervisor=supervisor,
+        supervisors=supervisors,
         api_key=api_key,
         timeout_s=spec.timeout_s,
+        balance=spec.balance,
     )
 
 

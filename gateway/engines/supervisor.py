@@ -142,7 +142,9 @@ class VLLMSupervisor:
     # -- internals ------------------------------------------------------------------------------
 
     async def _launch_and_wait(self) -> None:
-        self.port = free_port()
+        # A restart keeps the port when it can: gateway workers (``serve --workers``) were given
+        # this URL and keep using it.
+        self.port = self.port if self.port and _bindable(self.port) else free_port()
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         self.runtime_path.parent.mkdir(parents=True, exist_ok=True)
         env = {**os.environ, "VLLM_NO_USAGE_STATS": "1", "VLLM_ALLOW_RUNTIME_LORA_UPDATING": "True"}
@@ -270,6 +272,16 @@ class VLLMSupervisor:
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(pid, signal.SIGKILL)
         self.runtime_path.unlink(missing_ok=True)
+
+
+def _bindable(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((LOOPBACK, port))
+        except OSError:
+            return False
+        return True
 
 
 def _alive(pid: int) -> bool:

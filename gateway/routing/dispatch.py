@@ -16,6 +16,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import Any, TypeVar
 
 from gateway.config.schema import GatewayConfig, SamplingSpec
+from gateway.engines.fleet import AFFINITY
 from gateway.errors import (
     EngineError,
     EngineUnavailableError,
@@ -143,6 +144,9 @@ class Dispatcher:
         its ``with`` block when it fails or is cancelled; an opened stream's, by the relay.
         """
         routed = time.perf_counter()
+        # One replica for every model call of this request (a pipeline's members share their
+        # prompt's prefix cache there): engines/fleet.py.
+        AFFINITY.set((str(id(ctx)), chat.user))
         assignment = self.plan(chat, headers)
         self.budget.deposit()
         route = self.router.get(assignment.route)
