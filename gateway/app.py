@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import gc
 import logging
+import os
 import time
 from collections.abc import AsyncIterator, Mapping
 from typing import Any
@@ -198,9 +199,11 @@ async def _stop_engines(engines: dict[str, Engine]) -> None:
 async def open_event_log(config: GatewayConfig, settings: Settings) -> EventLog:
     spec = config.events
     store = await asyncio.to_thread(open_store, spec.url, settings.home / "events.db")
+    # Workers of `serve --workers` spool apart: one spool file has one writer.
+    worker = os.environ.get("GATEWAY_WORKER")
     events = EventLog(
         store,
-        settings.home / "spool",
+        settings.home / "spool" / f"worker-{worker}" if worker else settings.home / "spool",
         durable=spec.durable,
         batch_size=spec.batch_size,
         flush_interval_s=spec.flush_interval_s,

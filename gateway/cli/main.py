@@ -64,16 +64,22 @@ def serve(
     config: ConfigOption = None,
     host: Annotated[str | None, typer.Option(help="Address to bind; default from config.")] = None,
     port: Annotated[int | None, typer.Option(help="Port to bind; default from config.")] = None,
+    workers: Annotated[
+        int, typer.Option(min=1, help="HTTP worker processes sharing one set of engines.")
+    ] = 1,
+    worker_fd: Annotated[int | None, typer.Option(hidden=True)] = None,
 ) -> None:
     """Start the gateway (and the vLLM engines it launches)."""
     import uvicorn
 
     from gateway.admission.http_guard import guarded_protocol
     from gateway.app import create_app
+    from gateway.cli.workers import run_workers, with_worker_urls
     from gateway.engines.factory import prepare_packaged_models
 
     settings = Settings()
-    cfg = load_config_or_exit(config or settings.config)
+    # A worker of `serve --workers` serves the models its parent launched at their URLs.
+    cfg = with_worker_urls(load_config_or_exit(config or settings.config))
     resolved = resolve_or_exit(cfg, settings)
     bind_host = host or settings.host or cfg.server.host
     bind_port = port or settings.port or cfg.server.port
@@ -89,11 +95,18 @@ def serve(
             "included. Fix: add keys under 'auth.keys' in gateway.yaml or set GATEWAY_API_KEY."
         )
     prepare_packaged_models(cfg, settings)
+    if workers > 1:
+        run_workers(
+            cfg, settings, config_path=config or settings.config, host=bind_host,
+            port=bind_port, workers=workers,
+        )  # fmt: skip
+        return
     guard = _http_guard(cfg.server, bind_host)
+    # A worker is handed its parent's listening socket; uvicorn then binds nothing.
+    where = {"fd": worker_fd} if worker_fd is not None else {"host": bind_host, "port": bind_port}
     uvicorn.run(
         create_app(cfg, settings, resolved=resolved),
-        host=bind_host,
-        port=bind_port,
+        **where,
         log_level=settings.log_level,
         log_config=log_config,
         # uvicorn's httptools protocol with the bounds it lacks (header size, read timeouts,
