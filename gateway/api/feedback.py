@@ -25,7 +25,7 @@ from gateway.errors import (
     StoreUnavailableError,
 )
 from gateway.events.schema import FeedbackRow, InferenceEvent
-from gateway.events.stores import MAX_FEEDBACK_VALUE
+from gateway.events.sql import MAX_FEEDBACK_VALUE
 from gateway.protocol import Feedback, FeedbackRequest
 from gateway.state import GatewayState
 

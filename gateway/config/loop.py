@@ -1,6 +1,6 @@
 """The specs that close the loop from prompting to tuning: capture and cascades (issue #15).
 
-Kept apart from ``schema.py`` (which imports them) so that module stays one screenful per
+Kept apart from ``routes.py`` (which imports them) so that module stays one screenful per
 section. A route's ``capture`` stores a sample of its traffic's text (user content at rest);
 a variant's ``cascade`` runs other variants of its route in order until one is confident.
 """
@@ -9,17 +9,15 @@ from __future__ import annotations
 
 import re
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
+
+from gateway.config.base import Spec
 
 #: the pipeline name a cascade variant gets: it has no prompt of its own, its steps do
 CASCADE_PIPELINE = "cascade"
 
 
-class _Spec(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class CaptureSpec(_Spec):
+class CaptureSpec(Spec):
     """Store a sample of a route's requests' messages and responses' text with their events.
 
     Off unless a route has this section. What is stored is user content at rest: the
@@ -49,7 +47,7 @@ class CaptureSpec(_Spec):
         return patterns
 
 
-class AcceptSpec(_Spec):
+class AcceptSpec(Spec):
     """When a cascade step's answer is good enough to return: one rule on its confidence."""
 
     vote_share: float | None = Field(
@@ -79,7 +77,7 @@ class AcceptSpec(_Spec):
         return value
 
 
-class CascadeStepSpec(_Spec):
+class CascadeStepSpec(Spec):
     """One step of a cascade: a variant of the same route, and when its answer is accepted."""
 
     variant: str

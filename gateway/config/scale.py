@@ -9,14 +9,12 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import Field, field_validator
+
+from gateway.config.base import Spec
 
 
-class _Spec(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class StateSpec(_Spec):
+class StateSpec(Spec):
     """Shared state: without ``url`` each process keeps its own (as a single gateway does)."""
 
     url: str | None = Field(
@@ -41,7 +39,7 @@ class StateSpec(_Spec):
         return url
 
 
-class BalanceSpec(_Spec):
+class BalanceSpec(Spec):
     """How one model's replicas (several ``urls``, or ``launch.replicas``) share requests."""
 
     strategy: Literal["least_outstanding", "round_robin"] = "least_outstanding"

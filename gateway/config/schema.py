@@ -11,33 +11,21 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from pydantic import (
-    BaseModel,
-    ConfigDict,
     Field,
     PrivateAttr,
     field_validator,
     model_validator,
 )
 
-from gateway.config.loop import (
-    CASCADE_PIPELINE,
-    CaptureSpec,
-    CascadeStepSpec,
-    check_cascade,
-    fill_cascade_targets,
-)
+from gateway.config.base import Spec
+from gateway.config.routes import RouteSpec
 from gateway.config.scale import BalanceSpec, StateSpec
 
 PACKAGED_PREFIX = "packaged:"
 MODEL_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/-]{0,127}$")
 
 
-class _Spec(BaseModel):
-    # Unknown keys are errors: a typo must not silently fall back to a default.
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class LaunchSpec(_Spec):
+class LaunchSpec(Spec):
     """A vLLM server the gateway starts and supervises as a child process on loopback."""
 
     model: str = Field(description="'packaged:NAME', a local folder, or a model hub id")
@@ -76,7 +64,7 @@ class LaunchSpec(_Spec):
         return args
 
 
-class PricingSpec(_Spec):
+class PricingSpec(Spec):
     """Token prices for cost figures in events, reports and evaluations (any currency)."""
 
     prompt_per_1m: float = Field(default=0.0, ge=0)
@@ -89,7 +77,7 @@ class PricingSpec(_Spec):
         ) / 1e6
 
 
-class VLLMModel(_Spec):
+class VLLMModel(Spec):
     """A model served by vLLM: launched by the gateway, or at existing URLs."""
 
     engine: Literal["vllm"]
@@ -118,7 +106,7 @@ class VLLMModel(_Spec):
         return [u.rstrip("/") for u in urls] if urls else urls
 
 
-class LiteLLMModel(_Spec):
+class LiteLLMModel(Spec):
     """A hosted model reached through LiteLLM."""
 
     engine: Literal["litellm"]
@@ -132,7 +120,7 @@ class LiteLLMModel(_Spec):
 ModelSpec = Annotated[VLLMModel | LiteLLMModel, Field(discriminator="engine")]
 
 
-class ServerSpec(_Spec):
+class ServerSpec(Spec):
     """The HTTP server (``gateway serve``): its address and the bounds uvicorn lacks.
 
     See ``gateway/admission/http_guard.py`` and docs/operations.md.
@@ -166,7 +154,7 @@ class ServerSpec(_Spec):
     )
 
 
-class LimitsSpec(_Spec):
+class LimitsSpec(Spec):
     """Bounds on what one request may ask for, and on how much traffic the gateway takes.
 
     Over a request bound is a 400 (413 for the body); over a rate a 429 with Retry-After; over
@@ -192,7 +180,7 @@ class LimitsSpec(_Spec):
     )
 
 
-class ReliabilitySpec(_Spec):
+class ReliabilitySpec(Spec):
     """Deadlines, retries and cooldowns: see docs/operations.md."""
 
     deadline_s: float = Field(default=600.0, gt=0, description="one request, all attempts")
@@ -218,7 +206,7 @@ class ReliabilitySpec(_Spec):
 Scope = Literal["inference", "feedback", "admin"]
 
 
-class KeySpec(_Spec):
+class KeySpec(Spec):
     """One API key: its SHA-256 hash (``gateway keys hash``) or the variable that holds it."""
 
     name: str = Field(min_length=1, max_length=64)
@@ -235,7 +223,7 @@ class KeySpec(_Spec):
         return self
 
 
-class AuthSpec(_Spec):
+class AuthSpec(Spec):
     """API keys. None configured (and no GATEWAY_API_KEY): authentication is off."""
 
     keys: list[KeySpec] = Field(default_factory=list)
@@ -250,135 +238,7 @@ class AuthSpec(_Spec):
         return keys
 
 
-class SamplingSpec(_Spec):
-    """A variant's sampling settings; they override what the client sent."""
-
-    temperature: float | None = Field(default=None, ge=0, le=2)
-    top_p: float | None = Field(default=None, gt=0, le=1)
-    max_tokens: int | None = Field(default=None, ge=1)
-    seed: int | None = None
-    stop: list[str] | None = Field(default=None, max_length=4)
-    presence_penalty: float | None = Field(default=None, ge=-2, le=2)
-    frequency_penalty: float | None = Field(default=None, ge=-2, le=2)
-
-
-class VariantSpec(_Spec):
-    """A model or adapter, a pipeline and sampling settings, with a share of the traffic."""
-
-    target: str = Field(description="a model id or an adapter name (a cascade: filled in)")
-    pipeline: str = "plain"
-    weight: float = Field(
-        default=0.0,
-        ge=0,
-        le=1e6,
-        allow_inf_nan=False,
-        description="relative share; 0: only pinned, shadow or fallback",
-    )
-    params: SamplingSpec = Field(default_factory=SamplingSpec)
-    cascade: list[CascadeStepSpec] | None = Field(
-        default=None, description="steps (variants of the route) tried in order: config/loop.py"
-    )
-
-    @model_validator(mode="after")
-    def _cascade(self) -> VariantSpec:
-        if self.cascade is not None:
-            check_cascade(self.cascade)
-        elif self.pipeline == CASCADE_PIPELINE:
-            raise ValueError(f"pipeline: '{CASCADE_PIPELINE}' is reserved; write 'cascade: [...]'")
-        return self
-
-
-class ShadowSpec(_Spec):
-    variant: str
-    sample_rate: float = Field(gt=0, le=1)
-
-
-class MetricSpec(_Spec):
-    type: Literal["boolean", "float"]
-    higher_is_better: bool = True
-
-
-class GuardrailSpec(_Spec):
-    """A metric no variant may make worse than the control by more than ``margin``.
-
-    Built in: error_rate, latency_p95 (ms), cost (per request); or any feedback metric. The
-    margin is in the metric's own units (0.02 = two points of error rate, 200 = 200 ms).
-    """
-
-    margin: float = Field(default=0.0, ge=0)
-
-
-class ExperimentSpec(_Spec):
-    """How a route's experiment is analysed and decided (gateway/experiments/)."""
-
-    metrics: dict[str, MetricSpec] = Field(default_factory=dict)
-    primary: str | None = Field(default=None, description="the deciding metric; default: first")
-    min_samples: int = Field(
-        default=100,
-        ge=2,
-        description="units per variant before any decision: the always-valid interval's "
-        "normal approximation holds from here (coverage measured in docs/experiments.md)",
-    )
-    alpha: float = Field(default=0.05, gt=0, lt=1)
-    control: str | None = Field(default=None, description="default: the first variant")
-    min_effect: float | None = Field(
-        default=None,
-        gt=0,
-        description="the smallest difference worth finding on the primary metric: the report "
-        "shows the sample it needs, and 'no_difference' once the interval rules it out",
-    )
-    planned_samples: int | None = Field(
-        default=None,
-        ge=2,
-        description="units per variant for a one-look fixed-horizon test; without it the "
-        "always-valid test is used, safe to read at any time",
-    )
-    expected_samples: int = Field(
-        default=1000, ge=10, description="units per variant where the always-valid test is tightest"
-    )
-    guardrails: dict[str, GuardrailSpec] = Field(default_factory=dict)
-    # Acted on when the decision is evaluated (GET /v1/experiments/{route}, gateway report):
-    # gateway/experiments/promotion.py.
-    on_decision: Literal["report", "promote"] = Field(
-        default="report", description="promote: a winner gets all traffic, automatically"
-    )
-    on_guardrail_breach: Literal["report", "rollback"] = Field(
-        default="report",
-        description="rollback: a breach sends all traffic to the control (routing has no "
-        "per-variant redirect)",
-    )
-
-
-STICKY_KEY = re.compile(r"^(user|none|header:[A-Za-z0-9-]+)$")
-
-
-class RouteSpec(_Spec):
-    """A public model name whose traffic is split between variants."""
-
-    variants: dict[str, VariantSpec] = Field(min_length=1)
-    sticky_key: str = Field(default="user", description="user | header:NAME | none")
-    salt: str | None = Field(default=None, description="hash salt; default: the route name")
-    allow_pin: bool = False
-    shadow: list[ShadowSpec] = Field(default_factory=list)
-    fallback: list[str] = Field(default_factory=list)
-    experiment: ExperimentSpec | None = None
-    capture: CaptureSpec | None = Field(default=None, description="off by default: config/loop.py")
-
-    _fill_cascades = model_validator(mode="before")(fill_cascade_targets)
-
-    @model_validator(mode="after")
-    def _references(self) -> RouteSpec:
-        if not STICKY_KEY.fullmatch(self.sticky_key):
-            raise ValueError(
-                f"sticky_key '{self.sticky_key}' must be 'user', 'none' or 'header:NAME'"
-            )
-        if sum(v.weight for v in self.variants.values()) <= 0:
-            raise ValueError("variants: at least one variant needs a weight above 0")
-        # Shadows, fallbacks and the control name variants: gateway.resolve checks them.
-        return self
-
-
-class EventsSpec(_Spec):
+class EventsSpec(Spec):
     """The event log: SQLite in $GATEWAY_HOME by default, PostgreSQL by URL."""
 
     url: str | None = Field(default=None, description="sqlite:///PATH or postgresql://...")
@@ -388,7 +248,7 @@ class EventsSpec(_Spec):
     max_queue: int = Field(default=100_000, ge=1)
 
 
-class TelemetrySpec(_Spec):
+class TelemetrySpec(Spec):
     """OpenTelemetry traces: off unless an OTLP endpoint is set (here or in the environment)."""
 
     otlp_endpoint: str | None = Field(
@@ -400,7 +260,7 @@ class TelemetrySpec(_Spec):
     sample_ratio: float = Field(default=1.0, ge=0, le=1, description="share of traces kept")
 
 
-class AdaptersSpec(_Spec):
+class AdaptersSpec(Spec):
     """LoRA adapters: the registry folders (each holds ``<name>/adapter.yaml``), see adapters.py."""
 
     folders: list[str] = Field(
@@ -412,7 +272,7 @@ class AdaptersSpec(_Spec):
     )
 
 
-class PipelinesSpec(_Spec):
+class PipelinesSpec(Spec):
     """Prompt pipelines beyond the shipped ``prompts/``: see gateway/pipelines/loader.py."""
 
     folders: list[str] = Field(
@@ -421,7 +281,7 @@ class PipelinesSpec(_Spec):
     )
 
 
-class GatewayConfig(_Spec):
+class GatewayConfig(Spec):
     server: ServerSpec = Field(default_factory=ServerSpec)
     limits: LimitsSpec = Field(default_factory=LimitsSpec)
     reliability: ReliabilitySpec = Field(default_factory=ReliabilitySpec)

@@ -16,7 +16,7 @@ from typing import Any, Literal, Protocol
 import httpx
 
 from gateway.admission.limits import check_limits, validate_request
-from gateway.config.schema import RouteSpec
+from gateway.config.routes import RouteSpec
 from gateway.errors import BackendError, GatewayError, NotFoundError
 from gateway.evaluation.learned import VariantLearned, variant_learned
 from gateway.events.log import EventLog

@@ -19,10 +19,10 @@ from collections.abc import Mapping
 from typing import Any
 
 from gateway.config.loop import CaptureSpec
-from gateway.config.schema import RouteSpec
+from gateway.config.routes import RouteSpec
 from gateway.events.log import EventLog
 from gateway.events.schema import CaptureRow, InferenceEvent
-from gateway.events.stores import Store
+from gateway.events.sql import Store
 
 log = logging.getLogger(__name__)
 

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from gateway.errors import DataError
-from gateway.events.stores import Store
+from gateway.events.sql import Store
 
 
 @dataclass(frozen=True)

@@ -28,23 +28,21 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-import json
 import logging
-import os
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Generic, TypeVar
 
 from gateway.errors import StoreDataError, StoreError
-from gateway.events.schema import CaptureRow, FeedbackRow, InferenceEvent, as_dict, from_dict
-from gateway.events.stores import Store
+from gateway.events.durable import Commitments
+from gateway.events.schema import CaptureRow, FeedbackRow, InferenceEvent, from_dict
+from gateway.events.spool import Line, Spool
+from gateway.events.sql import Store
+from gateway.events.writes import Row, Stored, store_rows
 
 log = logging.getLogger(__name__)
 
-SPOOL_NAME = "spool.jsonl"
-QUARANTINE_NAME = "quarantine.jsonl"
 #: put on the queue by ``flush``: the writer writes the batch in hand at once
 _WAKE = InferenceEvent(id="flush", ts=0.0, status="flush")
 
@@ -64,24 +62,8 @@ class EventLogStats:
     durable_timeouts: int = 0
 
 
-Row = TypeVar("Row", InferenceEvent, FeedbackRow, CaptureRow)
 #: what the writer's queue holds: events, and the captures of routes that capture
 Queued = InferenceEvent | CaptureRow
-#: a row as the spool and the quarantine file hold it (a JSON object)
-Line = dict[str, Any]
-
-
-@dataclass
-class _Stored(Generic[Row]):
-    """What writing some rows came to: written, refused as data, or left by an outage."""
-
-    written: int = 0
-    refused: list[tuple[Row, StoreDataError]] = field(default_factory=list)
-    outage: StoreError | None = None
-    unwritten: list[Row] = field(default_factory=list)
-
-    def refused_lines(self) -> list[tuple[Line, StoreDataError]]:
-        return [(as_dict(row), exc) for row, exc in self.refused]
 
 
 class EventLog:
@@ -112,20 +94,19 @@ class EventLog:
         # Events accepted but not yet in the store, so feedback can find them meanwhile.
         self._pending: dict[str, InferenceEvent] = {}
         self._tasks: list[asyncio.Task[None]] = []
-        # Durable mode: the response of each event waits on its future until it is kept.
-        self._waiters: dict[str, asyncio.Future[None]] = {}
+        # Durable mode: the response of each event waits until it is kept.
+        self.commitments = Commitments(durable_timeout_s)
         # The writer's batch while it is being written: what stop() spools if it is cancelled.
         self._in_hand: list[Queued] = []
-        self._spool_lock = asyncio.Lock()
-        self._quarantine_lock = asyncio.Lock()
+        self.spool = Spool(spool_dir)
 
     @property
     def spool_path(self) -> Path:
-        return self.spool_dir / SPOOL_NAME
+        return self.spool.path
 
     @property
     def quarantine_path(self) -> Path:
-        return self.spool_dir / QUARANTINE_NAME
+        return self.spool.quarantine_path
 
     @property
     def quarantined(self) -> int:
@@ -169,10 +150,7 @@ class EventLog:
                 self.stats.dropped += len(leftover)
                 log.error("cannot spool %d events at shutdown (%s); dropped", len(leftover), exc)
         self._release(leftover)
-        for waiter in self._waiters.values():
-            if not waiter.done():
-                waiter.set_result(None)
-        self._waiters.clear()
+        self.commitments.release_all()
         # A store that hangs must not hold the shutdown: its own calls are bounded, and we
         # do not wait longer than that for it either.
         try:
@@ -198,19 +176,17 @@ class EventLog:
             self.stats.dropped += 1
             log.error("event log queue full: dropped the capture of %s", row.id)
 
-    def _enqueue(self, event: InferenceEvent, *, wait: bool) -> asyncio.Future[None] | None:
+    def _enqueue(self, event: InferenceEvent, *, wait: bool) -> None:
         try:
             self._queue.put_nowait(event)
         except asyncio.QueueFull:
             self.stats.dropped += 1
             log.error("event log queue full: dropped event %s", event.id)
-            return None
+            return
         self._pending[event.id] = event
         self.stats.queue_depth = self._queue.qsize()
-        if not wait:
-            return None
-        waiter = self._waiters[event.id] = asyncio.get_running_loop().create_future()
-        return waiter
+        if wait:
+            self.commitments.expect(event.id)
 
     async def record_durable(self, event: InferenceEvent) -> None:
         """Queue one event and return once it is committed (to the store, or to the spool)."""
@@ -218,25 +194,10 @@ class EventLog:
         await self.committed(event.id)
 
     async def committed(self, inference_id: str) -> None:
-        """Return once the event is in the store or the spool (at once if nothing waits).
-
-        A disk that takes nothing cannot hold every answer forever: after
-        ``durable_timeout_s`` the answer goes out, the event stays queued (it is retried),
-        and ``stats.durable_timeouts`` counts the broken promise.
-        """
-        waiter = self._waiters.get(inference_id)
-        if waiter is None or waiter.done():
-            return
-        try:
-            # Shielded: a client that leaves cancels its wait, never the event's write.
-            await asyncio.wait_for(asyncio.shield(waiter), self.durable_timeout_s)
-        except TimeoutError:
-            self.stats.durable_timeouts += 1
-            log.error(
-                "event %s not committed within %g s; answering without it (it stays queued)",
-                inference_id,
-                self.durable_timeout_s,
-            )
+        """Return once the event is in the store or the spool (at once if nothing waits);
+        after ``durable_timeout_s`` the answer goes out anyway (``stats.durable_timeouts``)."""
+        await self.commitments.wait(inference_id)
+        self.stats.durable_timeouts = self.commitments.timeouts
 
     def waiter(self, inference_id: str) -> Callable[[], Awaitable[None]] | None:
         """Durable mode: what a response awaits before its end (None otherwise)."""
@@ -272,7 +233,7 @@ class EventLog:
             return from_dict(InferenceEvent, found)
         # Not in the database: it may be spooled, also while the database can be read but not
         # written (locked, full, read-only).
-        spooled = await asyncio.to_thread(self._find_in_spool, inference_id)
+        spooled = await asyncio.to_thread(self.spool.find_event, inference_id)
         if spooled is None and failure is not None and strict:
             raise failure
         return spooled
@@ -281,7 +242,7 @@ class EventLog:
         self, kind: str, write: Callable[[Sequence[Row]], None], rows: list[Row]
     ) -> None:
         """Write rows to the store; spool what an outage leaves, quarantine what it refuses."""
-        stored = await self._store(write, rows)
+        stored = await store_rows(write, rows)
         if kind == "event":
             self.stats.written += stored.written
         await self._quarantine(kind, stored.refused_lines())
@@ -293,38 +254,6 @@ class EventLog:
                 kind,
             )
             await self._spool(kind, stored.unwritten)
-
-    async def _store(self, write: Callable[[Sequence[Row]], None], rows: list[Row]) -> _Stored[Row]:
-        """Write ``rows``; a batch refused as data is written again row by row, to find the
-        rows at fault. Nothing raises: an outage is reported with the rows it left unwritten."""
-        stored: _Stored[Row] = _Stored()
-        try:
-            await asyncio.to_thread(write, rows)
-        except StoreDataError as exc:
-            if len(rows) == 1:
-                stored.refused.append((rows[0], exc))
-                return stored
-        except StoreError as exc:
-            stored.outage, stored.unwritten = exc, rows
-            return stored
-        except Exception as exc:  # a store bug must not lose the rows: taken as an outage
-            log.exception("the event store failed unexpectedly")
-            stored.outage, stored.unwritten = StoreError(f"{type(exc).__name__}: {exc}"), rows
-            return stored
-        else:
-            stored.written = len(rows)
-            return stored
-        for index, row in enumerate(rows):
-            try:
-                await asyncio.to_thread(write, [row])
-            except StoreDataError as exc:
-                stored.refused.append((row, exc))
-            except StoreError as exc:
-                stored.outage, stored.unwritten = exc, rows[index:]
-                break
-            else:
-                stored.written += 1
-        return stored
 
     async def _writer(self) -> None:
         while True:
@@ -401,21 +330,14 @@ class EventLog:
             if isinstance(event, CaptureRow):
                 continue
             self._pending.pop(event.id, None)
-            waiter = self._waiters.pop(event.id, None)
-            if waiter is not None and not waiter.done():
-                waiter.set_result(None)
+            self.commitments.kept(event.id)
 
     # -- spool and replay -----------------------------------------------------------------------
 
     async def _spool(self, kind: str, rows: Sequence[Queued | FeedbackRow]) -> None:
         if not rows:
             return
-        lines = "".join(
-            json.dumps({"kind": _kind(r, kind), "row": as_dict(r)}, default=str) + "\n"
-            for r in rows
-        )
-        async with self._spool_lock:
-            await asyncio.to_thread(_append_synced, self.spool_path, lines)
+        await self.spool.append(kind, rows)
         if kind == "event":
             self.stats.spooled += len(rows)
 
@@ -423,13 +345,7 @@ class EventLog:
         """Set rows the store refused as data aside, fsynced, so they block nothing."""
         if not refused:
             return
-        now = time.time()
-        lines = "".join(
-            json.dumps({"kind": kind, "row": r, "error": str(e), "ts": now}, default=str) + "\n"
-            for r, e in refused
-        )
-        async with self._quarantine_lock:
-            await asyncio.to_thread(_append_synced, self.quarantine_path, lines)
+        await self.spool.quarantine(kind, refused)
         self.stats.quarantined += len(refused)
         log.warning(
             "the event store refused %d %s rows as data (%s); moved to %s: %s",
@@ -446,24 +362,12 @@ class EventLog:
         Rows the store refuses as data, and lines that cannot be read, go to the quarantine
         file, so one bad row never holds the spool back.
         """
-        async with self._spool_lock:
-            if not self.spool_path.exists():
+        async with self.spool.lock:
+            contents = await self.spool.read()
+            if contents is None:
                 return 0
-            lines = (await asyncio.to_thread(self.spool_path.read_text)).splitlines()
-            events: list[InferenceEvent] = []
-            feedback: list[FeedbackRow] = []
-            captures: list[CaptureRow] = []
-            unreadable: list[tuple[Line, StoreDataError]] = []
-            for line in filter(None, lines):
-                row = _spool_entry(line)
-                if isinstance(row, InferenceEvent):
-                    events.append(row)
-                elif isinstance(row, FeedbackRow):
-                    feedback.append(row)
-                elif isinstance(row, CaptureRow):
-                    captures.append(row)
-                else:
-                    unreadable.append(({"line": line}, StoreDataError("unreadable spool line")))
+            events, feedback, captures = contents.events, contents.feedback, contents.captures
+            unreadable = contents.unreadable
             # Events first: feedback rows refer to them.
             stored_events = await self._replay_rows(self.store.write_events, events)
             if stored_events is None:
@@ -493,11 +397,11 @@ class EventLog:
 
     async def _replay_rows(
         self, write: Callable[[Sequence[Row]], None], rows: list[Row]
-    ) -> _Stored[Row] | None:
+    ) -> Stored[Row] | None:
         """Write spooled rows in batches; ``None`` when an outage postpones the replay."""
-        total: _Stored[Row] = _Stored()
+        total: Stored[Row] = Stored()
         for start in range(0, len(rows), self.batch_size):
-            stored = await self._store(write, rows[start : start + self.batch_size])
+            stored = await store_rows(write, rows[start : start + self.batch_size])
             if stored.outage is not None:
                 log.info("spool replay postponed: %s", stored.outage)
                 return None
@@ -512,44 +416,3 @@ class EventLog:
                 await self.replay()
             except Exception:  # the replayer must survive anything a bad spool line throws
                 log.exception("spool replay failed")
-
-    def _find_in_spool(self, inference_id: str) -> InferenceEvent | None:
-        if not self.spool_path.exists():
-            return None
-        for line in self.spool_path.read_text().splitlines():
-            row = _spool_entry(line)
-            if isinstance(row, InferenceEvent) and row.id == inference_id:
-                return row
-        return None
-
-
-def _kind(row: Queued | FeedbackRow, default: str) -> str:
-    return "capture" if isinstance(row, CaptureRow) else default
-
-
-def _spool_entry(line: str) -> InferenceEvent | FeedbackRow | CaptureRow | None:
-    """A spool line's row; None for a line that cannot be read (torn, or not a row)."""
-    try:
-        entry = json.loads(line)
-    except ValueError:
-        return None
-    if not isinstance(entry, dict) or not isinstance(entry.get("row"), dict):
-        return None
-    kind, row = entry.get("kind"), entry["row"]
-    try:
-        if kind == "event":
-            return from_dict(InferenceEvent, row)
-        if kind == "feedback":
-            return from_dict(FeedbackRow, row)
-        if kind == "capture":
-            return from_dict(CaptureRow, row)
-    except TypeError:  # a required column is missing
-        return None
-    return None
-
-
-def _append_synced(path: Path, text: str) -> None:
-    with path.open("a", encoding="utf-8") as handle:
-        handle.write(text)
-        handle.flush()
-        os.fsync(handle.fileno())

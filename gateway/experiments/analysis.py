@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from gateway.config.schema import ExperimentSpec, RouteSpec
+from gateway.config.routes import ExperimentSpec, RouteSpec
 from gateway.experiments.decision import Metric, Setup, evaluate
 from gateway.experiments.units import RANDOMISED, Request, Stream, codes, requests
 

@@ -13,7 +13,7 @@ import bisect
 from collections.abc import Sequence
 from typing import Any
 
-from gateway.config.schema import RouteSpec
+from gateway.config.routes import RouteSpec
 from gateway.experiments.analysis import analyse
 
 MAX_POINTS = 60

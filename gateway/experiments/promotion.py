@@ -31,9 +31,9 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
-from gateway.config.schema import ExperimentSpec, RouteSpec
+from gateway.config.routes import ExperimentSpec, RouteSpec
 from gateway.errors import InvalidRequestError, StoreError
-from gateway.events.stores import Store
+from gateway.events.sql import Store
 from gateway.experiments.analysis import analyse
 from gateway.routing.assignment import Router
 

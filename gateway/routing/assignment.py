@@ -21,7 +21,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
-from gateway.config.schema import GatewayConfig, RouteSpec, SamplingSpec
+from gateway.config.routes import RouteSpec, SamplingSpec
+from gateway.config.schema import GatewayConfig
 from gateway.errors import InvalidRequestError
 
 BUCKETS = 10_000

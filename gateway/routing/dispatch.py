@@ -15,7 +15,8 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import Any, TypeVar
 
-from gateway.config.schema import GatewayConfig, SamplingSpec
+from gateway.config.routes import SamplingSpec
+from gateway.config.schema import GatewayConfig
 from gateway.engines.fleet import AFFINITY
 from gateway.errors import (
     EngineError,

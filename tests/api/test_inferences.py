@@ -13,7 +13,8 @@ from gateway.admission.keys import hash_key
 from gateway.errors import EngineUnavailableError
 from gateway.events.reads import EventQuery
 from gateway.events.schema import FeedbackRow, InferenceEvent
-from gateway.events.stores import PostgresStore, SQLiteStore, Store
+from gateway.events.sql import Store
+from gateway.events.stores import PostgresStore, SQLiteStore
 from tests.support.apps import AppFactory
 from tests.support.fakes import FakeEngine
 from tests.support.postgres import PostgresServer

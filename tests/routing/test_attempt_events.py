@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from gateway.config.schema import SamplingSpec
+from gateway.config.routes import SamplingSpec
 from gateway.engines.target import base_target
 from gateway.errors import EngineError, UpstreamRejectedError
 from gateway.events.log import EventLog

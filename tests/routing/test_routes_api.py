@@ -193,8 +193,7 @@ async def test_report_promote_and_metrics(gateway: Any, tmp_path: Any) -> None:
         metrics = (await raw.get("/metrics")).text
         assert (
             'switchboard_requests_total{pipeline="plain",route="qa",shadow="false",status="ok",'
-            'target="m1",variant="first"}'
-            in metrics
+            'target="m1",variant="first"}' in metrics
         )
         assert "switchboard_event_queue_depth" in metrics
         bad = await raw.post("/v1/experiments/qa/promote", json={"variant": "nope"})
