@@ -17,13 +17,20 @@ from typing import Any, TypeVar
 
 from gateway.config.schema import GatewayConfig
 from gateway.engines.target import Target
-from gateway.errors import GatewayError, InvalidRequestError, NotFoundError, TemplateError
+from gateway.errors import GatewayError, NotFoundError, TemplateError
 from gateway.pipelines import prompt
 from gateway.pipelines.answers import Extraction, extract_answer, reletter, rewrite_letter
 from gateway.pipelines.bank import Exemplar
 from gateway.pipelines.ensemble import Shuffle, balanced_shuffles, identity, tally, winner
 from gateway.pipelines.loader import Pipeline, load_pipelines
 from gateway.pipelines.parse import MCQuestion, question_of
+from gateway.pipelines.requests import (
+    check_request,
+    check_tools,
+    constraint,
+    letter_request,
+    sampling,
+)
 from gateway.pipelines.responses import (
     StreamReader,
     assembled_completion,
@@ -44,18 +51,6 @@ from gateway.telemetry import tracing
 
 log = logging.getLogger(__name__)
 
-#: request fields a pipeline replaces or may not forward when it writes its own prompt
-_OWN_FIELDS = (
-    "messages",
-    "stream",
-    "stream_options",
-    "n",
-    "switchboard",
-    # A pipeline's members answer its own prompt; the client's tools are not theirs to call.
-    "tools",
-    "tool_choice",
-    "parallel_tool_calls",
-)
 _T = TypeVar("_T")
 
 
@@ -135,7 +130,7 @@ class PipelineRunner:
         self, pipeline: str, target: Target, body: dict[str, Any], chat: ChatCompletionRequest
     ) -> PipelineResult:
         spec = self.get(pipeline)
-        _check_tools(spec, chat)
+        check_tools(spec, chat)
         question = question_of(chat) if spec.spec.parse else None
         upstream = {k: v for k, v in body.items() if k != "switchboard"}
         if spec.passthrough or question is None:
@@ -161,7 +156,7 @@ class PipelineRunner:
         ``on_result`` gets the result when the stream has finished (for logging).
         """
         spec = self.get(pipeline)
-        _check_tools(spec, chat)
+        check_tools(spec, chat)
         question = question_of(chat) if spec.spec.parse else None
         upstream = {k: v for k, v in body.items() if k != "switchboard"}
         if spec.passthrough or question is None:
@@ -200,7 +195,7 @@ class PipelineRunner:
         upstream: dict[str, Any],
         chat: ChatCompletionRequest,
     ) -> PipelineResult:
-        _check_request(pipeline, chat)
+        check_request(pipeline, chat)
         letters = question.letters
         with tracing.span("gateway.retrieval", {"switchboard.pipeline": pipeline.name}):
             exemplars = await self.retrieve(pipeline, question)
@@ -208,7 +203,7 @@ class PipelineRunner:
             prefix, exemplars = self._prefix(pipeline, question, exemplars)
         except TemplateError as exc:
             raise GatewayError(f"The pipeline '{pipeline.name}' failed to render: {exc}") from exc
-        params = _sampling(pipeline, upstream)
+        params = sampling(pipeline, upstream)
         ensemble = pipeline.spec.ensemble
         if ensemble.kind == "self_consistency":
             members = await self._sample(pipeline, target, params, prefix, question)
@@ -282,7 +277,7 @@ class PipelineRunner:
     ) -> Member:
         shown = shuffle.shown(question.options)
         messages = prompt.member_messages(pipeline, prefix, question.question, shown)
-        body = {**params, **_constraint(pipeline, list(shown)), "messages": messages}
+        body = {**params, **constraint(pipeline, list(shown)), "messages": messages}
         response = await target.chat(body)
         choice = (response.get("choices") or [{}])[0]
         text, finish = content_of(response), choice.get("finish_reason")
@@ -301,7 +296,7 @@ class PipelineRunner:
         """Self-consistency: n samples of one prompt in one call (vLLM's ``n``)."""
         messages = prompt.member_messages(pipeline, prefix, question.question, question.options)
         ensemble = pipeline.spec.ensemble
-        body = {**params, **_constraint(pipeline, question.letters), "messages": messages}
+        body = {**params, **constraint(pipeline, question.letters), "messages": messages}
         body["n"] = ensemble.k
         # k identical greedy samples would vote k times for one answer: sampling is the point.
         if not body.get("temperature"):
@@ -339,7 +334,7 @@ class PipelineRunner:
         responses = [response]
         if extraction is None and pipeline.spec.generate.fallback == "choice":
             reasoning = text.rstrip()
-            follow = await target.chat(_letter_request(messages, reasoning, list(shown)))
+            follow = await target.chat(letter_request(messages, reasoning, list(shown)))
             responses.append(follow)
             letter = content_of(follow).strip()[:1].upper()
             if letter in shown:
@@ -355,78 +350,6 @@ class PipelineRunner:
 
 
 # -- helpers ------------------------------------------------------------------------------------
-
-
-def _check_tools(pipeline: Pipeline, chat: ChatCompletionRequest) -> None:
-    """A pipeline that writes its own prompt cannot let the model call the client's tools.
-
-    Refused whatever the request holds (not only when a question is found), so a route's
-    answer to a tools request does not depend on how the last message happens to read.
-    """
-    if pipeline.passthrough or not getattr(chat, "uses_tools", False):
-        return
-    raise InvalidRequestError(
-        f"'tools' cannot be used with the pipeline '{pipeline.name}': it writes its own prompt "
-        "and answers by vote, so the model cannot call your tools. Send tool_choice 'none', "
-        "or call a model, an adapter or a route whose variants use the 'plain' pipeline.",
-        param="tools",
-        code="tools_not_supported",
-    )
-
-
-def _check_request(pipeline: Pipeline, chat: ChatCompletionRequest) -> None:
-    """Refuse what a voting pipeline cannot honour, rather than ignore it."""
-    if chat.n is not None and chat.n > 1:
-        raise InvalidRequestError(
-            f"'n' must be 1 with the pipeline '{pipeline.name}': it answers once, by vote.",
-            param="n",
-        )
-    if chat.response_format is not None and chat.response_format.type != "text":
-        raise InvalidRequestError(
-            f"'response_format' cannot be used with the pipeline '{pipeline.name}': it writes "
-            "its own answer format.",
-            param="response_format",
-        )
-
-
-def _sampling(pipeline: Pipeline, upstream: dict[str, Any]) -> dict[str, Any]:
-    """The client's sampling settings over the pipeline's defaults."""
-    generate = pipeline.spec.generate
-    params = {k: v for k, v in upstream.items() if k not in _OWN_FIELDS}
-    if "max_tokens" not in params and "max_completion_tokens" not in params:
-        params["max_tokens"] = generate.max_tokens
-    params.setdefault("temperature", generate.temperature)
-    return params
-
-
-def _constraint(pipeline: Pipeline, letters: Sequence[str]) -> dict[str, Any]:
-    """vLLM structured outputs for the main generation, if the pipeline asks for them."""
-    generate = pipeline.spec.generate
-    if generate.constrain == "choice":
-        return {"structured_outputs": {"choice": list(letters)}}
-    if generate.constrain == "regex" and generate.regex is not None:
-        regex = generate.regex.replace("{letters}", _klass(letters))
-        return {"structured_outputs": {"regex": regex}}
-    return {}
-
-
-def _klass(letters: Sequence[str]) -> str:
-    return "[" + "".join(letters) + "]"
-
-
-def _letter_request(
-    messages: list[prompt.Message], reasoning: str, letters: list[str]
-) -> dict[str, Any]:
-    """Continue the member's own reply after 'Answer:' with exactly one option letter."""
-    so_far = f"{reasoning}\n\nAnswer:" if reasoning else "Answer:"
-    return {
-        "messages": [*messages, {"role": "assistant", "content": so_far}],
-        "max_tokens": 2,
-        "temperature": 0,
-        "continue_final_message": True,
-        "add_generation_prompt": False,
-        "structured_outputs": {"choice": [f" {letter}" for letter in letters]},
-    }
 
 
 def _in_original_letters(member: Member) -> str:
