@@ -27,7 +27,8 @@ def redis_server() -> Iterator[RedisServer]:
 
 
 def _state(server: RedisServer, prefix: str, **spec: object) -> SharedState:
-    return SharedState(StateSpec(url=server.url, prefix=prefix, **spec), on_unavailable=None)
+    settings = StateSpec.model_validate({"url": server.url, "prefix": prefix, **spec})
+    return SharedState(settings, on_unavailable=None)
 
 
 @pytest.fixture
