@@ -61,18 +61,6 @@ def fixed_difference(d: float, w: float, alpha: float) -> tuple[float, float, fl
     return float(2 * stats.norm.sf(abs(d) / se)), d - z * se, d + z * se
 
 
-def holm(p_values: Sequence[float]) -> list[float]:
-    """Holm-adjusted p-values (compare each with alpha)."""
-    m = len(p_values)
-    order = sorted(range(m), key=lambda i: p_values[i])
-    adjusted = [1.0] * m
-    running = 0.0
-    for rank, i in enumerate(order):
-        running = max(running, min(1.0, (m - rank) * p_values[i]))
-        adjusted[i] = running
-    return adjusted
-
-
 def sample_ratio_path(arms: npt.NDArray[np.int64], weights: Sequence[float]) -> Array:
     """The always-valid sample-ratio p-value after each first assignment (``arms`` in order)."""
     k = len(weights)

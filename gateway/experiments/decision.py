@@ -33,11 +33,11 @@ from gateway.experiments.comparisons import (
     SRM_ALPHA,
     difference,
     fixed_difference,
-    holm,
     sample_ratio_path,
 )
 from gateway.experiments.sequential import half_width, rho2
 from gateway.experiments.units import RatioPath, Stream, ratio_path
+from gateway.stats import holm
 
 Status = Literal["running", "winner", "no_difference", "guardrail_breach", "sample_ratio_mismatch"]
 

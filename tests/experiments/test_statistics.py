@@ -12,10 +12,11 @@ import numpy as np
 import pytest
 
 from bench.experiments import aa_false_winners, coverage, decide, setup_for, simulate
-from gateway.experiments.comparisons import holm, sample_ratio_path
+from gateway.experiments.comparisons import sample_ratio_path
 from gateway.experiments.power import fixed_n, sequential_n
 from gateway.experiments.sequential import half_width, log_likelihood_ratio, rho2
 from gateway.experiments.units import Stream, ratio_path
+from gateway.stats import holm
 
 
 def test_test_and_interval_agree() -> None:
