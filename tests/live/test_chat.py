@@ -165,10 +165,11 @@ def test_text_part_content(client: openai.OpenAI) -> None:
 
 
 def test_models_endpoints(client: openai.OpenAI) -> None:
-    # base models have no parent; adapters (tests/live/test_adapters.py) name theirs
-    assert [m.id for m in client.models.list().data if m.model_dump()["parent"] is None] == [
-        "smollm2"
-    ]
+    # Every name a client may call: base models, adapters (tests/live/test_adapters.py), routes.
+    kinds = {m.id: m.model_dump()["switchboard"]["kind"] for m in client.models.list().data}
+    assert [name for name, kind in kinds.items() if kind == "model"] == ["smollm2"]
+    assert kinds["medqa"] == "route" and kinds["mmlu-med-demo"] == "adapter"
+    assert client.models.retrieve("medqa").id == "medqa"
     assert client.models.retrieve("smollm2").id == "smollm2"
     with pytest.raises(openai.NotFoundError):
         client.models.retrieve("gpt-4")
