@@ -21,12 +21,18 @@ QUESTION = "Which organ produces insulin?\nA. Liver\nB. Pancreas\nC. Spleen\nD. 
 def test_users_split_between_prompted_and_tuned_and_the_report_shows_both(
     gateway_server: RunningGateway, client: openai.OpenAI
 ) -> None:
+    # The session's gateway is shared: other tests' traffic on medqa is counted as before.
+    def units() -> dict[str, int]:
+        report = httpx.get(f"{gateway_server.url}/v1/experiments/medqa", timeout=60).json()
+        return {v: report["variants"][v]["n"] for v in ("prompted", "tuned")}
+
+    before = units()
     seen: dict[str, str] = {}
     for i in range(8):
         resp = client.chat.completions.with_raw_response.create(
             model="medqa",
             messages=[{"role": "user", "content": QUESTION}],
-            user=f"user-{i}",
+            user=f"default-route-{i}",
         )
         completion = resp.parse()
         variant = resp.headers["x-switchboard-variant"]
@@ -39,7 +45,7 @@ def test_users_split_between_prompted_and_tuned_and_the_report_shows_both(
         else:
             assert extension["pipeline"] == "plain"
             assert completion.model == "mmlu-med-demo"
-        seen[f"user-{i}"] = variant
+        seen[f"default-route-{i}"] = variant
         feedback = httpx.post(
             f"{gateway_server.url}/v1/feedback",
             json={
@@ -52,9 +58,11 @@ def test_users_split_between_prompted_and_tuned_and_the_report_shows_both(
     # Deterministic for these user names and the route's salt.
     assert sorted(set(seen.values())) == ["prompted", "tuned"]
 
-    report = httpx.get(f"{gateway_server.url}/v1/experiments/medqa").json()
+    report = httpx.get(f"{gateway_server.url}/v1/experiments/medqa", timeout=60).json()
     counts = {v: report["variants"][v]["n"] for v in ("prompted", "tuned")}
-    assert counts == {v: list(seen.values()).count(v) for v in ("prompted", "tuned")}
+    # Each new sticky user is one new unit of the variant it was assigned.
+    added = {v: counts[v] - before[v] for v in counts}
+    assert added == {v: list(seen.values()).count(v) for v in ("prompted", "tuned")}
     assert report["verdict"].startswith("Not enough data yet")
 
     env = {**os.environ, "GATEWAY_HOME": str(gateway_server.home)}
