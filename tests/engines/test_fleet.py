@@ -111,7 +111,10 @@ async def test_active_checks_readmit_a_replica_that_answers_again() -> None:
     assert f.replicas[0].ejected  # still failing its checks
     down.clear()
     clock.now += 100
-    await asyncio.sleep(0.05)
+    # Wait for the condition (a check that passes), not for a duration: bounded by a deadline.
+    deadline = asyncio.get_running_loop().time() + 30
+    while f.replicas[0].ejected and asyncio.get_running_loop().time() < deadline:
+        await asyncio.sleep(0.01)
     task.cancel()
     assert not f.replicas[0].ejected
 
