@@ -17,6 +17,7 @@ from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamil
 from prometheus_client.registry import Collector
 
 from gateway.api.deps import get_state
+from gateway.engines.fleet import Fleet
 from gateway.events.metrics import ADAPTER_STATES, ENGINE_STATES, HEALTH_TIMEOUT_S
 from gateway.state import GatewayState
 
@@ -89,6 +90,7 @@ def _gateway(state: GatewayState) -> Iterator[Metric]:
         supervisor = getattr(engine, "supervisor", None)
         restarts.add_metric([name], getattr(supervisor, "restarts", 0) if supervisor else 0)
     yield restarts
+    yield from _replicas(state)
 
 
 def _cool_labels(state: GatewayState, key: str) -> list[str]:
@@ -132,3 +134,43 @@ def _adapters(state: GatewayState) -> Iterator[Metric]:
         if name in adapters.load_seconds:
             load_seconds.add_metric([name, model], adapters.load_seconds[name])
     yield from (current, loads, evictions, load_seconds)
+
+
+def _replicas(state: GatewayState) -> Iterator[Metric]:
+    """Each vLLM replica of each model (``engines/fleet.py``): a fleet's balance at a glance."""
+    labels = ("model", "replica", "url")
+    up = GaugeMetricFamily(
+        "switchboard_replica_up",
+        "1 while the replica takes traffic; 0 while it is ejected or (re)starting.",
+        labels=labels,
+    )
+    in_flight = GaugeMetricFamily(
+        "switchboard_replica_in_flight",
+        "Calls the gateway has in flight on the replica (what least_outstanding balances).",
+        labels=labels,
+    )
+    served = CounterMetricFamily(
+        "switchboard_replica_calls", "Calls the replica answered.", labels=labels
+    )
+    ejections = CounterMetricFamily(
+        "switchboard_replica_ejections",
+        "Times the replica was taken out of the rotation after a failure.",
+        labels=labels,
+    )
+    adapters = GaugeMetricFamily(
+        "switchboard_replica_adapters",
+        "Adapters the gateway loaded on the replica (adapter affinity keeps this low).",
+        labels=labels,
+    )
+    for name, engine in state.engines.items():
+        fleet = getattr(engine, "fleet", None)
+        if not isinstance(fleet, Fleet):
+            continue
+        for replica in fleet.replicas:
+            key = [name, str(replica.index), replica.url]
+            up.add_metric(key, 1 if replica.in_rotation else 0)
+            in_flight.add_metric(key, replica.outstanding)
+            served.add_metric(key, replica.served)
+            ejections.add_metric(key, replica.ejections_total)
+            adapters.add_metric(key, len(replica.adapters))
+    yield from (up, in_flight, served, ejections, adapters)

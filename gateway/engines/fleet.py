@@ -53,7 +53,10 @@ class Replica:
     outstanding: int = 0
     served: int = 0
     failures: int = 0
+    #: consecutive ejections (sets the backoff; reset by a success)
     ejections: int = 0
+    #: every ejection since start (the metrics' counter)
+    ejections_total: int = 0
     ejected_until: float = 0.0
     ejected: bool = False
     #: times it came back from an ejection (it may have restarted and lost its adapters)
@@ -73,6 +76,10 @@ class Replica:
     @property
     def running(self) -> bool:
         return self.supervisor is None or self.supervisor.state == "ready"
+
+    @property
+    def in_rotation(self) -> bool:
+        return self.running and not self.ejected
 
     def snapshot(self, now: float) -> dict[str, Any]:
         return {
@@ -117,7 +124,7 @@ class Fleet:
         if len(self.replicas) == 1 and not exclude:
             return self.replicas[0]  # the common case costs nothing
         pool = [r for r in self.replicas if r not in exclude] or list(self.replicas)
-        live = [r for r in pool if not r.ejected and r.running] or pool  # panic: try them all
+        live = [r for r in pool if r.in_rotation] or pool  # panic: try them all
         if adapter is not None:
             holders = [r for r in live if adapter in r.adapters]
             if holders and self._within_slack(holders, live):
@@ -179,6 +186,7 @@ class Fleet:
         if replica.ejected:
             return
         replica.ejections += 1
+        replica.ejections_total += 1
         backoff = min(self.spec.max_eject_s, self.spec.eject_s * 2 ** (replica.ejections - 1))
         replica.ejected = True
         replica.ejected_until = self.clock() + backoff

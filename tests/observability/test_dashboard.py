@@ -9,6 +9,7 @@ from typing import Any
 
 import yaml
 
+from gateway.engines.vllm import VLLMEngine
 from tests.observability.support import adapter_folder, chat, config, fake_engines, families
 from tests.support.apps import AppFactory
 
@@ -36,6 +37,8 @@ async def test_every_metric_named_in_the_dashboard_and_the_rules_exists(
     gateway: AppFactory, tmp_path: Path
 ) -> None:
     engines = {**fake_engines(), "base": fake_engines()["m1"]}
+    # A real vLLM engine (its replica refuses connections) for the per-replica families.
+    engines["bad"] = VLLMEngine(model_id="bad", upstream_model="bad", urls=["http://127.0.0.1:9"])
     async with gateway(engines, config(adapter_folder(tmp_path), "http://127.0.0.1:9")) as (
         _,
         raw,

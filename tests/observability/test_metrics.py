@@ -169,3 +169,28 @@ def test_labels_stay_bounded() -> None:
     assert value(found, "switchboard_request_errors_total", pipeline=OTHER, code=OTHER) == 1
     assert value(found, "switchboard_requests_total", target=OTHER) == 6
     assert len(labels_of(found, "switchboard_requests_total")) <= MAX_SERIES + 1
+
+
+async def test_each_replica_of_a_fleet_has_its_series(gateway: AppFactory) -> None:
+    """A fleet of a dead and a live replica: the dead one is ejected (counted, down), the live
+    one answers every call; both read zero in flight once the requests ended."""
+    vllm = ScriptedVLLM()
+    async with serving(vllm.handle) as live:
+        dead = "http://127.0.0.1:9"
+        pair = VLLMEngine(model_id="pair", upstream_model=vllm.served, urls=[dead, live])
+        text = f'models:\n  pair: {{engine: vllm, urls: ["{dead}", "{live}"]}}\n'
+        async with gateway({"pair": pair}, text) as (_, raw):
+            for _ in range(4):
+                assert (await chat(raw, "pair")).status_code == 200
+            found = samples((await raw.get("/metrics")).text)
+
+    def at(name: str, replica: str) -> float:
+        return value(found, name, model="pair", replica=replica)
+
+    assert at("switchboard_replica_up", "0") == 0 and at("switchboard_replica_up", "1") == 1
+    assert at("switchboard_replica_ejections_total", "0") == 1
+    assert at("switchboard_replica_ejections_total", "1") == 0
+    assert at("switchboard_replica_calls_total", "0") == 0
+    assert at("switchboard_replica_calls_total", "1") == 4
+    assert at("switchboard_replica_in_flight", "0") == at("switchboard_replica_in_flight", "1") == 0
+    assert labels_of(found, "switchboard_replica_up")[1]["url"] == live
