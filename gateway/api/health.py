@@ -20,6 +20,9 @@ class EngineState(BaseModel):
     #: e.g. ready, starting, restarting, unreachable
     state: str
     detail: str | None = None
+    #: a fleet's replicas (engines/fleet.py ``Replica.snapshot``): url, state, outstanding,
+    #: served, failures, ejections, ejected_for_s, last_error
+    replicas: list[dict[str, Any]] | None = None
 
 
 class Readiness(BaseModel):
@@ -46,7 +49,12 @@ async def ready(state: Annotated[GatewayState, Depends(get_state)]) -> JSONRespo
     names = list(state.engines)
     results = await asyncio.gather(*(state.engines[n].health() for n in names))
     engines: dict[str, Any] = {
-        name: {"ready": h.ready, "state": h.state, **({"detail": h.detail} if h.detail else {})}
+        name: {
+            "ready": h.ready,
+            "state": h.state,
+            **({"detail": h.detail} if h.detail else {}),
+            **({"replicas": h.extra["replicas"]} if "replicas" in h.extra else {}),
+        }
         for name, h in zip(names, results, strict=True)
     }
     if all(h.ready for h in results):

@@ -194,3 +194,21 @@ async def test_each_replica_of_a_fleet_has_its_series(gateway: AppFactory) -> No
     assert at("switchboard_replica_calls_total", "1") == 4
     assert at("switchboard_replica_in_flight", "0") == at("switchboard_replica_in_flight", "1") == 0
     assert labels_of(found, "switchboard_replica_up")[1]["url"] == live
+
+
+async def test_ready_lists_each_replica_of_a_fleet(gateway: AppFactory) -> None:
+    """README "Scaling out": /ready gives each replica's state, in-flight count and error."""
+    vllm = ScriptedVLLM()
+    async with serving(vllm.handle) as live:
+        dead = "http://127.0.0.1:9"
+        pair = VLLMEngine(model_id="pair", upstream_model=vllm.served, urls=[dead, live])
+        text = f'models:\n  pair: {{engine: vllm, urls: ["{dead}", "{live}"]}}\n'
+        async with gateway({"pair": pair}, text) as (_, raw):
+            assert (await chat(raw, "pair")).status_code == 200
+            ready = await raw.get("/ready")
+    # The scripted vLLM has no /health: its probe fails too, so the fleet reads not ready.
+    replicas = ready.json()["engines"]["pair"]["replicas"]
+    assert [r["url"] for r in replicas] == [dead, live]
+    assert replicas[0]["state"] == "ejected" and replicas[0]["ejections"] == 1
+    assert replicas[0]["last_error"] and replicas[1]["served"] == 1
+    assert all(r["outstanding"] == 0 for r in replicas)
