@@ -18,6 +18,8 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
+import orjson
+
 from gateway.config.loop import CaptureSpec
 from gateway.config.routes import RouteSpec
 from gateway.events.log import EventLog
@@ -67,7 +69,7 @@ def response_text(response: Mapping[str, Any]) -> str | None:
     return content if isinstance(content, str) else None
 
 
-def confidence_of(event: InferenceEvent, response: Mapping[str, Any]) -> float | None:
+def confidence_of(event: InferenceEvent) -> float | None:
     """The answer's vote share, or a cascade's answering step's confidence."""
     if event.steps and event.cascade_step is not None:
         step = event.steps[event.cascade_step]
@@ -77,6 +79,54 @@ def confidence_of(event: InferenceEvent, response: Mapping[str, Any]) -> float |
         cast = sum(event.votes.values())
         return event.votes.get(event.answer, 0) / cast if cast else None
     return None
+
+
+class StreamText:
+    """The text a chat stream's first choice adds up to, read from its SSE events as they
+    pass (an event may be split across chunks: the unfinished end waits for the next)."""
+
+    def __init__(self) -> None:
+        self._pending = b""
+        self._parts: list[str] = []
+
+    def feed(self, chunk: bytes) -> None:
+        *events, self._pending = (self._pending + chunk).split(b"\n\n")
+        for event in events:
+            for line in event.split(b"\n"):
+                if line.startswith(b"data: {"):
+                    self._add(line[6:])
+
+    def _add(self, data: bytes) -> None:
+        try:
+            parsed = orjson.loads(data)
+        except orjson.JSONDecodeError:
+            return
+        for choice in parsed.get("choices") or [] if isinstance(parsed, dict) else []:
+            if not isinstance(choice, Mapping) or choice.get("index", 0) != 0:
+                continue
+            delta = choice.get("delta")
+            content = delta.get("content") if isinstance(delta, Mapping) else None
+            if isinstance(content, str):
+                self._parts.append(content)
+
+    def text(self) -> str:
+        return "".join(self._parts)
+
+
+class StreamCapture:
+    """One drawn stream: its text collected on the way to the client, kept if it succeeds."""
+
+    def __init__(self, capturer: Capturer, body: Mapping[str, Any]) -> None:
+        self.capturer = capturer
+        self.body = body
+        self.text = StreamText()
+
+    def feed(self, chunk: bytes) -> None:
+        self.text.feed(chunk)
+
+    def done(self, event: InferenceEvent) -> None:
+        if event.status == "ok":
+            self.capturer.keep(event, self.body, self.text.text())
 
 
 class Capturer:
@@ -98,21 +148,34 @@ class Capturer:
         self._purged_at: float | None = None
         self._purging: asyncio.Task[None] | None = None
 
+    def drawn(self, route: str | None) -> bool:
+        """Whether a request of ``route`` is captured: its route captures and the sample drew it."""
+        spec = self.specs.get(route) if route is not None else None
+        if spec is None:
+            return False
+        return spec.sample_rate >= 1 or self.rng.random() < spec.sample_rate
+
     def offer(
         self, event: InferenceEvent | None, body: Mapping[str, Any], response: Mapping[str, Any]
     ) -> bool:
         """Capture this request if its route captures and it is drawn; True if captured."""
-        if event is None or event.status != "ok" or event.route not in self.specs:
+        if event is None or event.status != "ok" or not self.drawn(event.route):
             return False
-        spec = self.specs[event.route]
-        if spec.sample_rate < 1 and self.rng.random() >= spec.sample_rate:
-            return False
+        self.keep(event, body, response_text(response))
+        return True
+
+    def stream(self, route: str | None, body: Mapping[str, Any]) -> StreamCapture | None:
+        """A stream's capture, drawn when it opens: None (nothing to parse) when not drawn."""
+        return StreamCapture(self, body) if self.drawn(route) else None
+
+    def keep(self, event: InferenceEvent, body: Mapping[str, Any], text: str | None) -> None:
+        """Redact and queue the capture of a drawn request that succeeded."""
+        assert event.route is not None
         redact = self.redactors[event.route]
         messages = [
             {"role": m["role"], "content": redact(m["content"])}
             for m in message_texts(body.get("messages"))
         ]
-        text = response_text(response)
         row = CaptureRow(
             id=event.id,
             ts=time.time(),
@@ -121,11 +184,10 @@ class Capturer:
             messages=messages,
             response=redact(text) if text is not None else None,
             answer=event.answer,
-            confidence=confidence_of(event, response),
+            confidence=confidence_of(event),
         )
         self.events.record_capture(row)
         self._maybe_purge()
-        return True
 
     def _maybe_purge(self) -> None:
         now = time.monotonic()

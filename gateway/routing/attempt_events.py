@@ -161,6 +161,10 @@ class Attempt:
 
     # -- how it ends ----------------------------------------------------------------------------
 
+    @property
+    def route(self) -> str | None:
+        return self._row.route
+
     def first_byte(self) -> None:
         self._row.ttft_ms = (time.perf_counter() - self._t0) * 1000
 

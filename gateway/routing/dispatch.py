@@ -311,7 +311,11 @@ class Dispatcher:
                 raise
             attempt.first_byte()
             gap_s = self.reliability.stream_gap_s
-            return relay(attempt, first, chunks, results, ctx, gap_s=gap_s, deadline_s=deadline_s)
+            capture = self.capture.stream(attempt.route, body)
+            return relay(
+                attempt, first, chunks, results, ctx,
+                gap_s=gap_s, deadline_s=deadline_s, capture=capture,
+            )  # fmt: skip
 
         ctx = ctx or self.new_context()
         attempt, chunks = await self._first_success(

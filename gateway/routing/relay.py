@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator
 import orjson
 
 from gateway.errors import EngineError, GatewayError, ShuttingDownError, StreamStalledError
+from gateway.events.capture import StreamCapture
 from gateway.routing.attempt_events import Attempt
 from gateway.routing.context import PipelineResultLike, RequestContext, deadline_exceeded
 
@@ -46,8 +47,10 @@ async def relay(
     *,
     gap_s: float,
     deadline_s: float,
+    capture: StreamCapture | None = None,
 ) -> AsyncIterator[bytes]:
-    """Pass bytes through; ``results`` receives the runner's result when the stream ends."""
+    """Pass bytes through; ``results`` receives the runner's result when the stream ends;
+    ``capture`` (a drawn stream of a capturing route) reads the text as it passes."""
     tail = b""
     loop = asyncio.get_running_loop()
     chunk = first
@@ -65,6 +68,8 @@ async def relay(
                         yield head
                     raise error
                 tail = (tail + chunk)[-TAIL_BYTES:]
+                if capture is not None:
+                    capture.feed(chunk)
                 yield chunk
                 # Each wait is bounded by the gap limit and the request's deadline; the yield
                 # stays outside, so a slow client is never mistaken for a stalled engine.
@@ -92,7 +97,9 @@ async def relay(
                     raise deadline_exceeded(deadline_s) from None
             result = results[0] if results else None
             usage = result.usage if result is not None and result.usage else None
-            attempt.ok(result, usage if usage is not None else usage_from_tail(tail))
+            event = attempt.ok(result, usage if usage is not None else usage_from_tail(tail))
+            if capture is not None:
+                capture.done(event)
     except GatewayError as exc:
         yield b"data: " + orjson.dumps(exc.to_dict()) + b"\n\n"
     finally:

@@ -3,11 +3,16 @@ and expired rows deleted."""
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 
+import openai
+import pytest
+
 from gateway.config.loop import CaptureSpec
-from gateway.events.capture import REDACTED, Redactor, purge_expired
+from gateway.errors import EngineError
+from gateway.events.capture import REDACTED, Redactor, StreamText, purge_expired
 from gateway.events.schema import CaptureRow
 from gateway.events.stores import SQLiteStore
 from tests.support.apps import InProcessGateway
@@ -81,3 +86,40 @@ def test_expired_captures_are_deleted(tmp_path: Path) -> None:
     purge_expired(store, {"kept": CaptureSpec(sample_rate=1, retention_days=7)}, now)
     assert [r["id"] for r in store.captures("kept")] == ["inf-new"]
     store.close()
+
+
+async def test_a_stream_is_captured_as_the_text_its_client_read(
+    gateway: InProcessGateway,
+) -> None:
+    """The deltas are joined on the way through and redacted like any capture; a stream that
+    fails midway is not captured (its event is an error)."""
+    engine = FakeEngine(text=f"call {SECRET} now please")
+    async with gateway({"fake": engine}, CONFIG) as (client, _):
+        stream = await client.chat.completions.create(
+            model="kept", messages=[{"role": "user", "content": "hi"}], stream=True
+        )
+        read = "".join([c.choices[0].delta.content or "" async for c in stream if c.choices])
+        engine.fail_with, engine.fail_stream_after = EngineError("down midway"), 2
+        broken = await client.chat.completions.create(
+            model="kept", messages=[{"role": "user", "content": "again"}], stream=True
+        )
+        with pytest.raises(openai.APIError, match="down midway"):
+            async for _ in broken:
+                pass
+        await gateway.state.events.flush()
+        rows = gateway.state.events.store.captures("kept")
+    assert SECRET in read
+    assert [r["response"] for r in rows] == [read.replace(SECRET, REDACTED)]
+    assert rows[0]["messages"] == [{"role": "user", "content": "hi"}]
+
+
+def test_stream_text_joins_events_split_across_chunks() -> None:
+    def event(content: str, index: int = 0) -> bytes:
+        choice = {"index": index, "delta": {"content": content}}
+        return b"data: " + json.dumps({"choices": [choice]}).encode() + b"\n\n"
+
+    whole = event("Hel") + event("other choice", index=1) + event("lo") + b"data: [DONE]\n\n"
+    text = StreamText()
+    for start in range(0, len(whole), 7):  # cut anywhere, mid-event included
+        text.feed(whole[start : start + 7])
+    assert text.text() == "Hello"
