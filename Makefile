@@ -12,7 +12,7 @@ PIP := $(BIN)/python -m pip
 STAMP := $(VENV)/.installed-$(ENGINE)
 PYTEST_ARGS ?=
 
-.PHONY: install prepare serve test test-fast lint clean system-deps demo-adapter bench
+.PHONY: install prepare serve test test-fast lint clean system-deps demo-adapter bench bench-scale
 
 install: $(STAMP)
 
@@ -104,6 +104,13 @@ bench: install $(LITELLM_STAMP)
 	@mkdir -p build/bench
 	$(BIN)/python -m bench.gateway_bench --out build/bench/gateway_bench.json \
 	  --markdown build/bench/gateway_bench.md $(BENCH_ARGS)
+
+# Switchboard with --workers 1 against --workers 2, and two replicas (one slowing under load)
+# balanced by round robin against least outstanding (bench/README.md). No LiteLLM.
+bench-scale: install
+	@mkdir -p build/bench
+	$(BIN)/python -m bench.scale_bench --out build/bench/scale_bench.json \
+	  --markdown build/bench/scale_bench.md $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) $(LITELLM_VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -144,14 +144,26 @@ def fill(template: str, workdir: Path, upstream_url: str) -> Path:
 
 
 def start_upstream(
-    workdir: Path, cpus: set[int], *, chunks: int, chunk_gap_ms: float, drip: str
+    workdir: Path,
+    cpus: set[int],
+    *,
+    chunks: int = 8,
+    chunk_gap_ms: float = 0.0,
+    drip: str | None = None,
+    latency_ms: float = 0.0,
+    load_ms: float = 0.0,
+    name: str = "upstream",
 ) -> Server:
+    """The double serving UPSTREAM_MODEL (and UPSTREAM_DRIP_MODEL with the ``drip`` profile);
+    ``name`` tells several doubles' logs apart."""
     port = free_port()
     cmd = [sys.executable, "-m", "bench.upstream", "--port", str(port)]
     cmd += ["--model", UPSTREAM_MODEL, "--chunks", str(chunks), "--chunk-gap-ms", str(chunk_gap_ms)]
-    cmd += ["--profile", f"{UPSTREAM_DRIP_MODEL}:{drip}"]
+    cmd += ["--latency-ms", str(latency_ms), "--load-ms", str(load_ms)]
+    if drip is not None:
+        cmd += ["--profile", f"{UPSTREAM_DRIP_MODEL}:{drip}"]
     return _spawn(
-        "upstream",
+        name,
         cmd,
         cpus=cpus,
         env={"PYTHONPATH": str(REPO_ROOT)},
@@ -163,15 +175,25 @@ def start_upstream(
 
 
 def start_switchboard(
-    workdir: Path, cpus: set[int], upstream_url: str, config: Path | None = None
+    workdir: Path,
+    cpus: set[int],
+    upstream_url: str,
+    config: Path | None = None,
+    workers: int = 1,
 ) -> Server:
-    """``gateway serve`` on bench/switchboard.yaml, or on ``config``; its home in ``workdir``."""
+    """``gateway serve`` on bench/switchboard.yaml, or on ``config``; its home in ``workdir``.
+
+    With ``workers`` > 1 it is ``gateway serve --workers N``: a parent holding the listening
+    socket and N worker processes (one process group, so ``stop`` reaches them all).
+    """
     config = config or fill("switchboard.yaml", workdir, upstream_url)
     home = workdir / "switchboard-home"
     home.mkdir(exist_ok=True)
     port = free_port()
     cmd = [sys.executable, "-m", "gateway", "serve", "--config", str(config)]
     cmd += ["--host", HOST, "--port", str(port)]
+    if workers > 1:
+        cmd += ["--workers", str(workers)]
     env = {"GATEWAY_HOME": str(home), "GATEWAY_LOG_LEVEL": "warning"}
     return _spawn(
         "switchboard",

@@ -26,9 +26,12 @@ Endpoints:
     The last 100 chat requests received: headers and JSON body.
 
 Every model answers with the default profile (``--latency-ms``, ``--chunks``,
-``--chunk-gap-ms``) unless it has its own (``--profile drip:chunks=40,chunk_gap_ms=50``; with
-``chunks_from_max_tokens=1`` a stream has the request's ``max_tokens`` chunks), so one process
-can serve a fast model and a slowly streaming one side by side.
+``--chunk-gap-ms``, ``--load-ms``) unless it has its own (``--profile
+drip:chunks=40,chunk_gap_ms=50``; with ``chunks_from_max_tokens=1`` a stream has the request's
+``max_tokens`` chunks), so one process can serve a fast model and a slowly streaming one side
+by side. ``--load-ms`` makes a server that slows as its load grows, like an engine whose batch
+grows: each other chat request in flight on the server when a request starts adds that much to
+its latency.
 
 Run it with ``python -m bench.upstream --port 0``; the first stdout line is its URL. Tests use
 :class:`UpstreamDouble`, which runs it in a subprocess.
@@ -90,6 +93,10 @@ class Profile:
     # A stream of the request's max_tokens chunks instead, as vLLM with ignore_eos: the client
     # chooses each stream's length (the concurrency benchmark does).
     chunks_from_max_tokens: bool = False
+    # Each other request in flight on this server adds this to a request's latency: a replica
+    # that slows as its batch grows, so a balancer that keeps sending it its share overloads
+    # it (a fixed latency alone does not: least outstanding still picks it whenever idle).
+    load_ms: float = 0.0
 
     @classmethod
     def parse(cls, text: str) -> tuple[str, Profile]:
@@ -110,6 +117,7 @@ class Profile:
             chunks=int(values.get("chunks", default.chunks)),
             chunk_gap_ms=values.get("chunk_gap_ms", default.chunk_gap_ms),
             chunks_from_max_tokens=bool(values.get("chunks_from_max_tokens", 0)),
+            load_ms=values.get("load_ms", default.load_ms),
         )
 
 
@@ -496,6 +504,8 @@ class _Connection(asyncio.Protocol):
     def _immediate(request: _Request, fault: Fault | None) -> bool:
         if fault is None or request.profile is None:
             return True  # control endpoints; a bad body or unknown model is answered at once
+        if request.profile.load_ms:
+            return False  # its latency depends on the load: it is worked out in _chat
         if fault is not _DEFAULT_FAULT:
             return (
                 fault.status is not None
@@ -603,6 +613,10 @@ class _Connection(asyncio.Protocol):
         if fault.barrier is not None:
             await self._barrier(fault.barrier)
         latency = fault.latency_ms if fault.latency_ms is not None else profile.latency_ms
+        if profile.load_ms:
+            # Read after any barrier: the requests waiting there together are in flight too.
+            others = max(0, self.upstream.stats.in_flight - 1)
+            latency += profile.load_ms * others
         if latency:
             await asyncio.sleep(latency / 1000)
         if fault.raw_body is not None:
@@ -789,7 +803,7 @@ def _write_port_file(path: Path, port: int) -> None:
 async def _main(args: argparse.Namespace) -> None:
     config = UpstreamConfig(
         models=tuple(args.model or [DEFAULT_MODEL]),
-        default=Profile(args.latency_ms, args.chunks, args.chunk_gap_ms),
+        default=Profile(args.latency_ms, args.chunks, args.chunk_gap_ms, load_ms=args.load_ms),
         profiles=dict(Profile.parse(text) for text in args.profile or []),
         strict_models=args.strict_models,
     )
@@ -817,10 +831,16 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--chunks", type=int, default=8, help="SSE content chunks per stream")
     parser.add_argument("--chunk-gap-ms", type=float, default=0.0)
     parser.add_argument(
+        "--load-ms",
+        type=float,
+        default=0.0,
+        help="each other chat request in flight on this server adds this to a request's latency",
+    )
+    parser.add_argument(
         "--profile",
         action="append",
         metavar="NAME:KEY=VALUE,...",
-        help="another served model with its own latency_ms, chunks, chunk_gap_ms, "
+        help="another served model with its own latency_ms, chunks, chunk_gap_ms, load_ms, "
         "chunks_from_max_tokens=1 (repeatable)",
     )
     parser.add_argument("--strict-models", action="store_true", help="404 for other models")
@@ -846,6 +866,7 @@ class UpstreamDouble:
         latency_ms: float = 0.0,
         chunks: int = 8,
         chunk_gap_ms: float = 0.0,
+        load_ms: float = 0.0,
         models: Sequence[str] = (DEFAULT_MODEL,),
         profiles: Mapping[str, Mapping[str, float]] | None = None,
         strict_models: bool = False,
@@ -854,6 +875,8 @@ class UpstreamDouble:
     ) -> None:
         self.args = ["--latency-ms", str(latency_ms), "--chunks", str(chunks)]
         self.args += ["--chunk-gap-ms", str(chunk_gap_ms)]
+        if load_ms:
+            self.args += ["--load-ms", str(load_ms)]
         for model in models:
             self.args += ["--model", model]
         for name, settings in (profiles or {}).items():
