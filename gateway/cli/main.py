@@ -74,7 +74,7 @@ def serve(
 
     from gateway.admission.http_guard import guarded_protocol
     from gateway.app import create_app
-    from gateway.cli.workers import run_workers, with_worker_urls
+    from gateway.cli.workers import inherited_socket, run_workers, with_worker_urls
     from gateway.engines.factory import prepare_packaged_models
 
     settings = Settings()
@@ -102,11 +102,10 @@ def serve(
         )  # fmt: skip
         return
     guard = _http_guard(cfg.server, bind_host)
-    # A worker is handed its parent's listening socket; uvicorn then binds nothing.
-    where = {"fd": worker_fd} if worker_fd is not None else {"host": bind_host, "port": bind_port}
-    uvicorn.run(
+    server_config = uvicorn.Config(
         create_app(cfg, settings, resolved=resolved),
-        **where,
+        host=bind_host,
+        port=bind_port,
         log_level=settings.log_level,
         log_config=log_config,
         # uvicorn's httptools protocol with the bounds it lacks (header size, read timeouts,
@@ -117,6 +116,11 @@ def serve(
         # then the lifespan flushes the event log and stops vLLM.
         timeout_graceful_shutdown=cfg.reliability.drain_timeout_s,
     )
+    server = uvicorn.Server(server_config)
+    # A worker is handed its parent's listening socket and binds nothing itself.
+    server.run(sockets=[inherited_socket(worker_fd)] if worker_fd is not None else None)
+    if not server.started:
+        raise typer.Exit(code=3)  # uvicorn.run's exit status when the server could not start
 
 
 @keys_app.command("new")

@@ -49,6 +49,17 @@ def with_worker_urls(config: GatewayConfig) -> GatewayConfig:
     return config.model_copy(update={"models": models})
 
 
+def inherited_socket(fd: int) -> socket.socket:
+    """In a worker: the parent's listening socket, as the TCP socket it is.
+
+    uvicorn's own ``fd=`` wraps any descriptor as a Unix socket; the event loop then leaves
+    Nagle's algorithm on for every connection it accepts, and a response written in two parts
+    waits for the client's delayed ACK (about 40 ms a request: ``make bench-scale``).
+    ``socket.socket(fileno=...)`` asks the kernel for the family instead.
+    """
+    return socket.socket(fileno=fd)
+
+
 def run_workers(
     config: GatewayConfig,
     settings: Settings,
