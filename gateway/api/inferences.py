@@ -164,6 +164,8 @@ async def overview(
             "ready": h.ready,
             "state": h.state,
             "detail": h.detail,
+            # a fleet's replicas (engines/fleet.py): state, in flight, ejections, last error
+            "replicas": h.extra.get("replicas"),
         }
         for name, h in zip(names, health, strict=True)
     }

@@ -58,7 +58,12 @@ auth:
     - {{name: ops, hash: "{hash_key(ADMIN_KEY)}", scopes: [admin]}}
 models:
   smollm2: {{engine: vllm, urls: ["{upstream}"], upstream_model: upstream-model}}
-  big-model-with-a-long-name: {{engine: vllm, urls: ["{upstream}"], upstream_model: upstream-model}}
+  # A fleet of two replicas, one of them down: the overview shows it out of rotation.
+  big-model-with-a-long-name:
+    engine: vllm
+    urls: ["{upstream}", "http://127.0.0.1:9"]
+    upstream_model: upstream-model
+    balance: {{health_interval_s: 0.5}}
 adapters:
   folders: ["{REPO / "adapters"}"]
 routes:
@@ -252,7 +257,11 @@ def test_the_overview_shows_every_model_route_and_the_traffic_live(
     page = console.open()
     routes = page.get_by_role("region", name="Routes and their traffic in the last hour")
     expect(routes.get_by_role("link", name="qa")).to_be_visible()
-    expect(page.get_by_role("region", name="Engines")).to_contain_text("big-model-with-a-long-name")
+    engines = page.get_by_role("region", name="Engines")
+    expect(engines).to_contain_text("big-model-with-a-long-name")
+    fleet = engines.locator("tr", has_text="big-model-with-a-long-name")
+    expect(fleet).to_contain_text("1/2 in rotation")
+    expect(fleet).to_contain_text("r1 ejected")
     expect(page.get_by_role("region", name="Adapters")).to_contain_text("mmlu-med-demo")
     expect(page.locator(".uplot canvas").first).to_be_visible()
     before = api(gateway, "/v1/overview")["traffic"]["routes"]["qa"]["requests"]

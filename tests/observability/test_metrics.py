@@ -196,7 +196,7 @@ async def test_each_replica_of_a_fleet_has_its_series(gateway: AppFactory) -> No
     assert labels_of(found, "switchboard_replica_up")[1]["url"] == live
 
 
-async def test_ready_lists_each_replica_of_a_fleet(gateway: AppFactory) -> None:
+async def test_ready_and_the_overview_list_each_replica_of_a_fleet(gateway: AppFactory) -> None:
     """README "Scaling out": /ready gives each replica's state, in-flight count and error."""
     vllm = ScriptedVLLM()
     async with serving(vllm.handle) as live:
@@ -206,9 +206,12 @@ async def test_ready_lists_each_replica_of_a_fleet(gateway: AppFactory) -> None:
         async with gateway({"pair": pair}, text) as (_, raw):
             assert (await chat(raw, "pair")).status_code == 200
             ready = await raw.get("/ready")
+            overview = (await raw.get("/v1/overview")).json()
     # The scripted vLLM has no /health: its probe fails too, so the fleet reads not ready.
     replicas = ready.json()["engines"]["pair"]["replicas"]
     assert [r["url"] for r in replicas] == [dead, live]
     assert replicas[0]["state"] == "ejected" and replicas[0]["ejections"] == 1
     assert replicas[0]["last_error"] and replicas[1]["served"] == 1
     assert all(r["outstanding"] == 0 for r in replicas)
+    # The console's overview reads the same snapshot.
+    assert [r["state"] for r in overview["models"]["pair"]["replicas"]] == ["ejected", "ready"]

@@ -65,8 +65,13 @@ export function overviewPage(root) {
     update(engines, data.models, (models) =>
       table(
         "Engines",
-        ["model", "upstream", "state"],
-        Object.entries(models).map(([name, m]) => [name, m.upstream_model, h("span", {}, badge(m.state, m.ready ? "ready" : "not-ready"), m.detail ? ` ${m.detail}` : "")]),
+        ["model", "upstream", "state", "replicas"],
+        Object.entries(models).map(([name, m]) => [
+          name,
+          m.upstream_model,
+          h("span", {}, badge(m.state, m.ready ? "ready" : "not-ready"), m.detail ? ` ${m.detail}` : ""),
+          replicaCell(m.replicas),
+        ]),
       ),
     );
     update(adapters, data.adapters, (ads) =>
@@ -100,4 +105,19 @@ export function overviewPage(root) {
       latencyChart.destroy();
     },
   };
+}
+
+// A fleet's replicas: how many take traffic, then each one's state and calls in flight
+// (a single vLLM server has no fleet: "1").
+function replicaCell(replicas) {
+  if (!replicas) return "1";
+  const serving = replicas.filter((r) => r.state === "ready").length;
+  return h(
+    "span",
+    {},
+    `${serving}/${replicas.length} in rotation `,
+    ...replicas.map((r, i) =>
+      h("span", { title: r.last_error || r.url }, badge(`r${i} ${r.state}, ${r.outstanding} in flight`, r.state === "ready" ? "ready" : "not-ready"), " "),
+    ),
+  );
 }
