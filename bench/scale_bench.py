@@ -84,6 +84,7 @@ from bench.servers import (
     Server,
     start_switchboard,
     start_upstream,
+    tree_sum,
 )
 from bench.upstream import run
 from gateway.config.scale import BalanceSpec
@@ -140,16 +141,7 @@ def target_name(workers: int) -> str:
 
 def tree_cpu_s(pid: int) -> float:
     """User and system CPU seconds of a process and its live descendants."""
-    try:
-        root = psutil.Process(pid)
-        procs = [root, *root.children(recursive=True)]
-    except psutil.NoSuchProcess:
-        return 0.0
-    total = 0.0
-    for proc in procs:
-        with contextlib.suppress(psutil.NoSuchProcess):
-            total += sum(proc.cpu_times()[:2])
-    return total
+    return tree_sum(pid, lambda proc: sum(proc.cpu_times()[:2]))
 
 
 def worker_cpu_s(server: Server) -> dict[int, float]:

@@ -7,10 +7,12 @@ log) is the real code.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import httpx
 import pytest
 
 from gateway.engines.vllm import VLLMEngine
@@ -171,18 +173,27 @@ def test_labels_stay_bounded() -> None:
     assert len(labels_of(found, "switchboard_requests_total")) <= MAX_SERIES + 1
 
 
-async def test_each_replica_of_a_fleet_has_its_series(gateway: AppFactory) -> None:
-    """A fleet of a dead and a live replica: the dead one is ejected (counted, down), the live
-    one answers every call; both read zero in flight once the requests ended."""
+DEAD = "http://127.0.0.1:9"
+
+
+@contextlib.asynccontextmanager
+async def dead_and_live(gateway: AppFactory) -> AsyncIterator[tuple[httpx.AsyncClient, str]]:
+    """A gateway whose model ``pair`` is a fleet of a dead replica and a scripted live one."""
     vllm = ScriptedVLLM()
     async with serving(vllm.handle) as live:
-        dead = "http://127.0.0.1:9"
-        pair = VLLMEngine(model_id="pair", upstream_model=vllm.served, urls=[dead, live])
-        text = f'models:\n  pair: {{engine: vllm, urls: ["{dead}", "{live}"]}}\n'
+        pair = VLLMEngine(model_id="pair", upstream_model=vllm.served, urls=[DEAD, live])
+        text = f'models:\n  pair: {{engine: vllm, urls: ["{DEAD}", "{live}"]}}\n'
         async with gateway({"pair": pair}, text) as (_, raw):
-            for _ in range(4):
-                assert (await chat(raw, "pair")).status_code == 200
-            found = samples((await raw.get("/metrics")).text)
+            yield raw, live
+
+
+async def test_each_replica_of_a_fleet_has_its_series(gateway: AppFactory) -> None:
+    """The dead replica is ejected (counted, down), the live one answers every call; both
+    read zero in flight once the requests ended."""
+    async with dead_and_live(gateway) as (raw, live):
+        for _ in range(4):
+            assert (await chat(raw, "pair")).status_code == 200
+        found = samples((await raw.get("/metrics")).text)
 
     def at(name: str, replica: str) -> float:
         return value(found, name, model="pair", replica=replica)
@@ -198,18 +209,13 @@ async def test_each_replica_of_a_fleet_has_its_series(gateway: AppFactory) -> No
 
 async def test_ready_and_the_overview_list_each_replica_of_a_fleet(gateway: AppFactory) -> None:
     """README "Scaling out": /ready gives each replica's state, in-flight count and error."""
-    vllm = ScriptedVLLM()
-    async with serving(vllm.handle) as live:
-        dead = "http://127.0.0.1:9"
-        pair = VLLMEngine(model_id="pair", upstream_model=vllm.served, urls=[dead, live])
-        text = f'models:\n  pair: {{engine: vllm, urls: ["{dead}", "{live}"]}}\n'
-        async with gateway({"pair": pair}, text) as (_, raw):
-            assert (await chat(raw, "pair")).status_code == 200
-            ready = await raw.get("/ready")
-            overview = (await raw.get("/v1/overview")).json()
+    async with dead_and_live(gateway) as (raw, live):
+        assert (await chat(raw, "pair")).status_code == 200
+        ready = await raw.get("/ready")
+        overview = (await raw.get("/v1/overview")).json()
     # The scripted vLLM has no /health: its probe fails too, so the fleet reads not ready.
     replicas = ready.json()["engines"]["pair"]["replicas"]
-    assert [r["url"] for r in replicas] == [dead, live]
+    assert [r["url"] for r in replicas] == [DEAD, live]
     assert replicas[0]["state"] == "ejected" and replicas[0]["ejections"] == 1
     assert replicas[0]["last_error"] and replicas[1]["served"] == 1
     assert all(r["outstanding"] == 0 for r in replicas)
