@@ -79,7 +79,11 @@ def test_eval_compares_two_variants_and_the_report_shows_the_run(
     [pair] = report["comparisons"]
     assert pair["n"] == 3 and sum(pair["table"].values()) == 3
     page = (out / "report.html").read_text()
-    assert page.count("<svg") == 4 and "<script" not in page and "http" not in page
+    # Accuracy, cost, latency and answers; a reliability diagram when a variant had votes
+    # (cot's one vote per answer that names a letter).
+    voted = any(f["calibration"]["n"] for f in report["variants"].values())
+    assert ("Calibration (reliability diagram)" in page) == voted
+    assert page.count("<svg") == 4 + voted and "<script" not in page and "http" not in page
     records = [json.loads(x) for x in (out / "results" / "cot.jsonl").read_text().splitlines()]
     assert all(r["status"] == "ok" and r["inference_id"].startswith("inf-") for r in records)
 
