@@ -10,6 +10,7 @@ test may see a console error or a request that leaves the gateway.
 
 from __future__ import annotations
 
+import contextlib
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -27,6 +28,9 @@ from playwright.sync_api import (
     ViewportSize,
     expect,
     sync_playwright,
+)
+from playwright.sync_api import (
+    TimeoutError as PlaywrightTimeoutError,
 )
 
 from bench.upstream import UpstreamDouble
@@ -153,11 +157,14 @@ class Console:
         outside = [u for u in self.requests if not u.startswith((self.base + "/", "data:"))]
         assert outside == [], outside
         assert self.errors == []
-        # Nothing wider than the window: tables scroll inside their own box, names wrap.
-        overflow = self.page.evaluate(
-            "document.documentElement.scrollWidth - document.documentElement.clientWidth"
-        )
-        assert overflow <= 1, f"the page is {overflow}px wider than the window"
+        # Nothing wider than the window: tables scroll inside their own box, names wrap. The
+        # charts follow a viewport change on their next resize callback: wait for that (a
+        # condition, bounded), then measure.
+        overflow = "document.documentElement.scrollWidth - document.documentElement.clientWidth"
+        with contextlib.suppress(PlaywrightTimeoutError):
+            self.page.wait_for_function(f"{overflow} <= 1", timeout=TIMEOUT_MS)
+        wider = self.page.evaluate(overflow)
+        assert wider <= 1, f"the page is {wider}px wider than the window"
 
     def close(self) -> None:
         self.context.close()
