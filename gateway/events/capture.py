@@ -32,6 +32,9 @@ REDACTED = "[REDACTED]"
 #: how often a running gateway deletes expired captures
 PURGE_EVERY_S = 3600.0
 DAY_S = 86_400.0
+#: the longest SSE event a stream's reader holds while it waits for the event's end; an
+#: upstream that never ends one abandons the capture rather than growing the reader
+MAX_EVENT_BYTES = 1 << 20
 
 
 class Redactor:
@@ -83,18 +86,25 @@ def confidence_of(event: InferenceEvent) -> float | None:
 
 class StreamText:
     """The text a chat stream's first choice adds up to, read from its SSE events as they
-    pass (an event may be split across chunks: the unfinished end waits for the next)."""
+    pass (an event may be split across chunks: the unfinished end waits for the next, up to
+    MAX_EVENT_BYTES; past that the text is dropped and ``overflowed`` set)."""
 
     def __init__(self) -> None:
         self._pending = b""
         self._parts: list[str] = []
+        self.overflowed = False
 
     def feed(self, chunk: bytes) -> None:
+        if self.overflowed:
+            return
         *events, self._pending = (self._pending + chunk).split(b"\n\n")
         for event in events:
             for line in event.split(b"\n"):
                 if line.startswith(b"data: {"):
                     self._add(line[6:])
+        if len(self._pending) > MAX_EVENT_BYTES:
+            self.overflowed = True
+            self._pending, self._parts = b"", []
 
     def _add(self, data: bytes) -> None:
         try:
@@ -125,7 +135,14 @@ class StreamCapture:
         self.text.feed(chunk)
 
     def done(self, event: InferenceEvent) -> None:
-        if event.status == "ok":
+        if self.text.overflowed:
+            # Partial text is not the response: nothing is stored for this request.
+            log.warning(
+                "capture of %s abandoned: an SSE event ran past %d bytes",
+                event.id,
+                MAX_EVENT_BYTES,
+            )
+        elif event.status == "ok":
             self.capturer.keep(event, self.body, self.text.text())
 
 

@@ -5,18 +5,26 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import openai
 import pytest
 
 from gateway.config.loop import CaptureSpec
 from gateway.errors import EngineError
-from gateway.events.capture import REDACTED, Redactor, StreamText, purge_expired
+from gateway.events.capture import (
+    MAX_EVENT_BYTES,
+    REDACTED,
+    Redactor,
+    StreamText,
+    purge_expired,
+)
 from gateway.events.schema import CaptureRow
 from gateway.events.stores import SQLiteStore
 from tests.support.apps import InProcessGateway
-from tests.support.fakes import FakeEngine
+from tests.support.fakes import FakeEngine, sse
 
 SECRET = "555-867-5309"
 CONFIG = """
@@ -123,3 +131,37 @@ def test_stream_text_joins_events_split_across_chunks() -> None:
     for start in range(0, len(whole), 7):  # cut anywhere, mid-event included
         text.feed(whole[start : start + 7])
     assert text.text() == "Hello"
+
+
+class EndlessEventEngine(FakeEngine):
+    """An upstream that sends one good delta, then an event longer than the reader holds."""
+
+    async def chat_stream(self, body: dict[str, Any]) -> AsyncIterator[bytes]:
+        yield sse(["kept"])[0]
+        piece = b":" + b"x" * 65_535  # an SSE comment line that goes on and on
+        for _ in range(MAX_EVENT_BYTES // len(piece) + 2):
+            yield piece
+        yield b"\n\n" + sse(["after"])[0] + b"data: [DONE]\n\n"
+
+
+async def test_a_stream_whose_event_never_ends_is_not_captured(
+    gateway: InProcessGateway,
+) -> None:
+    """The reader gives up past MAX_EVENT_BYTES instead of growing; partial text is not
+    stored as the response, and the client still gets every byte."""
+    async with gateway({"fake": EndlessEventEngine()}, CONFIG) as (client, _):
+        stream = await client.chat.completions.create(
+            model="kept", messages=[{"role": "user", "content": "hi"}], stream=True
+        )
+        read = "".join([c.choices[0].delta.content or "" async for c in stream if c.choices])
+        await gateway.state.events.flush()
+        assert gateway.state.events.store.captures("kept") == []
+    assert read == "keptafter"
+
+
+def test_stream_text_drops_what_it_held_when_an_event_overflows() -> None:
+    text = StreamText()
+    text.feed(sse(["kept"])[0])
+    text.feed(b"x" * (MAX_EVENT_BYTES + 1))
+    text.feed(b"\n\n" + sse(["after"])[0])
+    assert text.overflowed and text.text() == ""
