@@ -26,9 +26,7 @@ LONG = {
     "max_tokens": 2000,
     "ignore_eos": True,  # vLLM's sampling extension: the answer cannot end early
 }
-IN_VLLM = re.compile(
-    r"^vllm:num_requests_(?:running|waiting)\{[^}]*\} ([0-9.e+]+)$", re.MULTILINE
-)
+IN_VLLM = re.compile(r"^vllm:num_requests_(?:running|waiting)\{[^}]*\} ([0-9.e+]+)$", re.MULTILINE)
 
 
 def in_vllm(vllm_url: str) -> float:
