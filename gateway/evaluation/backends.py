@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Literal, Protocol
 
 import httpx
 
 from gateway.admission.limits import check_limits, validate_request
+from gateway.config.loop import CascadeStepSpec
 from gateway.config.routes import RouteSpec
 from gateway.errors import BackendError, GatewayError, NotFoundError
 from gateway.evaluation.learned import VariantLearned, variant_learned
@@ -38,10 +39,14 @@ class VariantInfo:
     #: the content ids its adapter was trained on and its bank prompts with (not fingerprinted:
     #: a retrained adapter changes its weights, which the run cannot see either)
     learned: VariantLearned = field(default_factory=VariantLearned)
+    #: a cascade's steps: each one's variant, acceptance rule and fingerprint
+    cascade: list[dict[str, Any]] | None = None
 
     def fingerprint(self) -> dict[str, Any]:
-        """What must not change between a run and its resumption."""
-        return {"target": self.target, "pipeline": self.pipeline, "params": self.params}
+        """What must not change between a run and its resumption; a cascade's answers also
+        hang on its steps' rules and settings."""
+        found = {"target": self.target, "pipeline": self.pipeline, "params": self.params}
+        return found if self.cascade is None else {**found, "cascade": self.cascade}
 
     def described(self) -> dict[str, Any]:
         """The fingerprint and what the variant learned from, as the evaluation API sends it."""
@@ -110,9 +115,11 @@ def route_variants(state: GatewayState, route: str) -> dict[str, VariantInfo]:
 def variant_infos(
     spec: RouteSpec, learned: Mapping[str, VariantLearned] | None = None
 ) -> dict[str, VariantInfo]:
-    """A route's variants as configured (what a run fingerprints), with what each learned."""
+    """A route's variants as configured (what a run fingerprints), with what each learned;
+    a cascade has learned what any of its steps learned (config checks its steps are plain
+    variants of the route)."""
     learned = learned or {}
-    return {
+    infos = {
         name: VariantInfo(
             name,
             v.target,
@@ -122,6 +129,28 @@ def variant_infos(
         )
         for name, v in spec.variants.items()
     }
+    for name, v in spec.variants.items():
+        if v.cascade is not None:
+            infos[name] = _cascade_info(infos[name], v.cascade, infos)
+    return infos
+
+
+def _cascade_info(
+    info: VariantInfo, spec: list[CascadeStepSpec], infos: Mapping[str, VariantInfo]
+) -> VariantInfo:
+    steps = [infos[step.variant] for step in spec]
+    everyone = (info, *steps)
+    learned = VariantLearned(
+        frozenset().union(*(i.learned.ids for i in everyone)),
+        tuple(dict.fromkeys(note for i in everyone for note in i.learned.notes)),
+    )
+    described = []
+    for step, step_info in zip(spec, steps, strict=True):
+        rule = step.accept.model_dump(exclude_none=True) if step.accept is not None else None
+        described.append(
+            {"variant": step.variant, "accept": rule, "settings": step_info.fingerprint()}
+        )
+    return replace(info, learned=learned, cascade=described)
 
 
 async def call_variant(
@@ -206,7 +235,12 @@ class HttpBackend:
         data = await self._request("GET", f"/v1/evaluations/routes/{route}")
         return {
             name: VariantInfo(
-                name, v["target"], v["pipeline"], v.get("params") or {}, _learned(v.get("learned"))
+                name,
+                v["target"],
+                v["pipeline"],
+                v.get("params") or {},
+                _learned(v.get("learned")),
+                v.get("cascade"),
             )
             for name, v in data["variants"].items()
         }

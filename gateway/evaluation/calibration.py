@@ -9,7 +9,8 @@ A cascade's records hold every step that ran (``steps``); its first step runs on
 so its confidence and answer are known everywhere. The sweep replays the cascade at each
 threshold: an item whose first-step confidence falls below it takes the last step's answer,
 which is the cascade's own where it escalated, else the last step's variant's record in the
-same run (evaluate the cascade with its steps' variants for a full sweep). Two-step cascades.
+same run (evaluate the cascade with its steps' variants for a full sweep; the run's manifest
+names the steps, so this holds where nothing escalated). Two-step cascades.
 """
 
 from __future__ import annotations
@@ -65,16 +66,21 @@ def calibration(rows: Sequence[Record]) -> dict[str, Any]:
 
 
 def cascade_sweep(
-    rows: Mapping[str, Record], records: Mapping[str, Mapping[str, Record]]
+    rows: Mapping[str, Record],
+    records: Mapping[str, Mapping[str, Record]],
+    steps: Sequence[Record] | None = None,
 ) -> dict[str, Any] | None:
     """Accuracy, escalation, calls and cost per request at each threshold of a two-step
-    cascade's first step; None when ``rows`` are no cascade's."""
+    cascade's first step; None when ``rows`` are no cascade's. ``steps``: the cascade's, as
+    the run's manifest has them (without: the last step is known from an item that reached
+    it)."""
     runs = [r for r in rows.values() if r.get("status") == "ok" and r.get("steps")]
-    if not runs or any(len(r["steps"]) > 2 for r in runs):
+    if not runs or any(len(r["steps"]) > 2 for r in runs) or (steps and len(steps) > 2):
         return None
     first = runs[0]["steps"][0]
-    # The last step's name is known from an item that reached it.
-    last = next((r["steps"][-1]["variant"] for r in runs if len(r["steps"]) == 2), None)
+    last = steps[-1]["variant"] if steps else None
+    if last is None:
+        last = next((r["steps"][-1]["variant"] for r in runs if len(r["steps"]) == 2), None)
     rule = first.get("rule") or {}
     fallback = records.get(str(last), {}) if last is not None else {}
     points = []

@@ -57,7 +57,11 @@ def summarise(
     finished = sum(f["n"] for f in figures.values())
     for name in variants:  # confidence you can read: calibration.py
         figures[name]["calibration"] = calibration(list(records.get(name, {}).values()))
-    sweeps = {name: cascade_sweep(records.get(name, {}), records) for name in variants}
+    settings = manifest.get("variants") or {}
+    sweeps = {
+        name: cascade_sweep(records.get(name, {}), records, settings.get(name, {}).get("cascade"))
+        for name in variants
+    }
     comparisons = [_compare(a, b, ids, records) for a, b in combinations(variants, 2)]
     adjusted = holm([c["mcnemar"]["p_value"] for c in comparisons])
     for comparison, p_adjusted in zip(comparisons, adjusted, strict=True):

@@ -53,3 +53,22 @@ def test_the_sweep_replays_the_cascade_at_each_threshold() -> None:
     assert by[0.5]["accuracy"] == pytest.approx(2 / 3) and by[0.5]["cost"] == pytest.approx(13 / 3)
     assert by[0.8]["accuracy"] == 1 and by[0.8]["escalated"] == pytest.approx(2 / 3)
     assert by[1.0]["cost"] == pytest.approx(11.0)  # everything escalates
+
+
+def test_the_sweep_knows_the_last_step_when_nothing_escalated() -> None:
+    """With the steps from the run's manifest, the sweep reads the teacher's own records for
+    the items a higher threshold would escalate, though the cascade escalated none."""
+    cascade = {"q1": _cascade("q1", 0.9, "B", None), "q2": _cascade("q2", 0.7, "A", None)}
+    teacher = {
+        q: {"item": q, "status": "ok", "extracted": "A", "calls": 5, "cost": 10.0}
+        for q in ("q1", "q2")
+    }
+    steps: list[dict[str, Any]] = [
+        {"variant": "tuned", "accept": {"answer_prob": 0.5}},
+        {"variant": "prompted"},
+    ]
+    sweep = cascade_sweep(cascade, {"cascade": cascade, "prompted": teacher}, steps)
+    assert sweep is not None and sweep["last"] == "prompted"
+    by = {p["threshold"]: p for p in sweep["points"]}
+    assert by[1.0]["accuracy"] == 1 and by[1.0]["unknown"] == 0
+    assert by[0.8]["accuracy"] == pytest.approx(0.5) and by[0.8]["escalated"] == pytest.approx(0.5)

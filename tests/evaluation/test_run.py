@@ -417,3 +417,100 @@ def test_a_users_own_file_is_evaluated_whole_and_learned_items_left_out(tmp_path
     assert [i.id for i in trained.items] == [r["id"] for r in rows if r not in seen]
     assert trained.manifest["data"]["left_out"]["learned"] == {"oracle": 2, "always_a": 0}
     assert trained.manifest["data"]["notes"] == []
+
+
+CASCADE = """
+models:
+  m1: {engine: vllm, urls: ["http://127.0.0.1:9"]}
+routes:
+  qa:
+    variants:
+      cheap: {target: m1, weight: 1, params: {temperature: 0.0}}
+      dear: {target: m1}
+      both:
+        cascade:
+          - {variant: cheap, accept: {answer_prob: 0.6}}
+          - {variant: dear}
+"""
+
+
+def test_a_resumed_cascade_run_must_have_the_same_steps(data: EvalData, tmp_path: Path) -> None:
+    """A cascade's cached answers hold for its steps' rules and settings: changing either, even
+    for a step variant the run does not evaluate, refuses the resumption rather than mixing."""
+
+    def plan(config: str) -> Any:
+        infos = variant_infos(parse_config(config, "test.yaml").routes["qa"])
+        return plan_run(
+            tmp_path / "o", "qa", infos, ["both"], data, ScorerSpec("mc"), limit=2, target="t"
+        )
+
+    first = plan(CASCADE)
+    steps = first.manifest["variants"]["both"]["cascade"]
+    assert [s["variant"] for s in steps] == ["cheap", "dear"]
+    assert steps[0]["accept"] == {"answer_prob": 0.6}
+    assert plan(CASCADE).run_id == first.run_id  # the same cascade resumes
+    with pytest.raises(EvalError, match="variant 'both' changed"):
+        plan(CASCADE.replace("answer_prob: 0.6", "answer_prob: 0.8"))
+    with pytest.raises(EvalError, match="variant 'both' changed"):
+        plan(CASCADE.replace("temperature: 0.0", "temperature: 0.5"))
+
+
+def test_a_cascade_alone_leaves_out_what_its_steps_learned(tmp_path: Path) -> None:
+    """Evaluated without its steps, a cascade still never meets an item its student was
+    trained on: it has learned what each of its steps learned."""
+    rows = [mc(f"mine-{n}", GOLD[n]) for n in range(6)]
+    data, spec = read_eval_data(write(tmp_path / "mine.jsonl", *rows))
+    make_adapter(tmp_path / "adapters", "tuned", base="m1")
+    seen = [r for r in rows if split_of(str(r["id"])) == "train"][:2]
+    training = read_training_data(write(tmp_path / "train.jsonl", *seen))
+    ids = frozenset(i for c in training.conversations for i in c.content_ids)
+    write_learned(tmp_path / "adapters" / "tuned" / ADAPTER_FILE, Learned("adapter", "tuned", ids))
+    cfg = parse_config(
+        CASCADE.replace("cheap: {target: m1", "cheap: {target: tuned")
+        + f"adapters: {{folders: [{tmp_path / 'adapters'}]}}\n",
+        "test.yaml",
+    )
+    route = cfg.routes["qa"]
+    targets = {name: (v.target, v.pipeline) for name, v in route.variants.items()}
+    infos = variant_infos(route, learned_from_config(cfg, Settings(home=tmp_path / "h"), targets))
+    assert infos["both"].learned.ids == infos["cheap"].learned.ids == ids
+    plan = plan_run(tmp_path / "o", "qa", infos, ["both"], data, spec, limit=None, target="t")
+    assert [i.id for i in plan.items] == [r["id"] for r in rows if r not in seen]
+    assert plan.manifest["data"]["left_out"]["learned"] == {"both": 2}
+
+
+def test_the_report_sweeps_a_cascade_that_never_escalated(data: EvalData, tmp_path: Path) -> None:
+    """The report takes the cascade's steps from the run's manifest: with its last step's
+    variant evaluated too, every threshold is known although no item escalated."""
+    infos = variant_infos(parse_config(CASCADE, "test.yaml").routes["qa"])
+    plan = plan_run(
+        tmp_path / "o", "qa", infos, ["both", "dear"], data, ScorerSpec("mc"), limit=3,
+        target="t",
+    )  # fmt: skip
+    ids = [item.id for item in plan.items]
+    step = {"variant": "cheap", "answer": "B", "confidence": 0.9, "calls": 1, "cost": 1.0}
+    records = {
+        "both": {
+            i: {"item": i, "status": "ok", "expected": "A", "answer": "B", "correct": False,
+                "extracted": "B", "calls": 1, "steps": [{**step, "rule": {"answer_prob": 0.6}}]}
+            for i in ids
+        },
+        "dear": {
+            i: {"item": i, "status": "ok", "expected": "A", "answer": "A", "correct": True,
+                "extracted": "A", "calls": 5, "cost": 10.0}
+            for i in ids
+        },
+    }  # fmt: skip
+    sweep = summarise(plan.manifest, plan.items, records)["cascades"]["both"]
+    assert sweep["last"] == "dear"
+    by = {p["threshold"]: p for p in sweep["points"]}
+    assert by[0.6]["accuracy"] == 0 and by[0.6]["escalated"] == 0
+    assert by[1.0]["accuracy"] == 1 and by[1.0]["unknown"] == 0 and by[1.0]["calls"] == 6
+
+
+async def test_the_http_backend_describes_a_cascade_as_in_process(gateway: Any) -> None:
+    async with gateway({"m1": Scripted("m1")}, CASCADE) as (_client, raw):
+        remote = await HttpBackend(raw).variants("qa")
+        local = await InProcessBackend(gateway.state).variants("qa")
+    assert remote["both"].fingerprint() == local["both"].fingerprint()
+    assert [s["variant"] for s in remote["both"].cascade or []] == ["cheap", "dear"]
