@@ -38,11 +38,12 @@ def bearer(key: str) -> dict[str, str]:
 
 
 class SlowEngine(FakeEngine):
-    """Answers after ``delay`` seconds, counting how many calls run at once."""
+    """Answers after ``delay`` seconds, or once ``gate`` is set; counts the calls at once."""
 
-    def __init__(self, delay: float) -> None:
+    def __init__(self, delay: float = 0.0, gate: asyncio.Event | None = None) -> None:
         super().__init__("fake")
         self.delay = delay
+        self.gate = gate
         self.running = 0
         self.peak = 0
 
@@ -50,7 +51,10 @@ class SlowEngine(FakeEngine):
         self.running += 1
         self.peak = max(self.peak, self.running)
         try:
-            await asyncio.sleep(self.delay)
+            if self.gate is not None:
+                await self.gate.wait()
+            else:
+                await asyncio.sleep(self.delay)
             return await super().chat(body)
         finally:
             self.running -= 1
@@ -228,22 +232,23 @@ limits: {max_concurrency: 2}
 models:
   fake: {engine: vllm, urls: ["http://127.0.0.1:9"]}
 """
-    engine = SlowEngine(0.5)
+    engine = SlowEngine(gate=asyncio.Event())
+    assert engine.gate is not None
     async with gateway({"fake": engine}, config=config) as (_, raw):
         slow = [asyncio.create_task(raw.post("/v1/chat/completions", json=CHAT)) for _ in range(2)]
         while engine.running < 2:
             await asyncio.sleep(0.01)
-        loop = asyncio.get_running_loop()
-        started = loop.time()
-        refused = await raw.post("/v1/chat/completions", json=CHAT)
-        waited = loop.time() - started
+        # The two slow ones hold their slots until the gate opens: a third queued behind them
+        # would wait forever (the timeout), one refused at once answers.
+        ask = raw.post("/v1/chat/completions", json=CHAT)
+        refused = await asyncio.wait_for(ask, timeout=30)
+        engine.gate.set()
         assert [r.status_code for r in await asyncio.gather(*slow)] == [200, 200]
         # The slots are free again once the requests end.
         assert (await raw.post("/v1/chat/completions", json=CHAT)).status_code == 200
     assert refused.status_code == 503
     assert refused.headers["retry-after"] == "1"
     assert refused.json()["error"]["code"] == "gateway_overloaded"
-    assert waited < 0.4  # refused, not queued behind the slow ones
     assert engine.peak == 2
 
 
